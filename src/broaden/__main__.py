@@ -1,0 +1,5 @@
+import sys
+
+from broaden.cli import main
+
+sys.exit(main())

@@ -1,0 +1,53 @@
+"""Command-line entry point: a thin layer that parses arguments and calls the Python API.
+
+Each module in this package that defines ``register(subparsers)`` adds its commands; the command
+function it attaches (``set_defaults(func=...)``) receives the parsed namespace and returns an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from broaden import __version__
+from broaden.errors import BroadenError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="broaden",
+        description="Choose what to annotate next (statistical active learning and Latent Space "
+        "Broadening), manage annotation rounds, train and evaluate the classifier.",
+    )
+    parser.add_argument("--version", action="version", version=f"broaden {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Discovery keeps each command in its own module; no central list to edit when one is added.
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "register"):
+            module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except BroadenError as exc:
+        from rich.console import Console
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

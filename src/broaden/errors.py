@@ -1,0 +1,14 @@
+"""Exception types shared by every part of broaden (imports nothing of ours)."""
+from __future__ import annotations
+
+
+class BroadenError(Exception):
+    """Base class: the CLI prints these as one clear line instead of a traceback."""
+
+
+class ScoredTableError(BroadenError, ValueError):
+    """A scored table (DESIGN.md §5) is malformed; the message names the file, column and row."""
+
+
+class DatasetError(BroadenError):
+    """A dataset file is missing or does not match its published checksum."""

@@ -1,0 +1,476 @@
+"""Scored-table I/O (DESIGN.md §5): read, stream, validate and atomically write Parquet.
+
+A scored table has one row per item: ``id`` (unique str or int), ``label`` (int, null when unlabelled),
+``probs`` (list of C floats), ``embedding`` (list of d float32, the [CLS] hidden state); other columns are
+carried through untouched. Column names can be overridden with :class:`Columns`.
+
+Everything here works per record batch, so a pool larger than memory can be validated and consumed in
+one pass; :func:`read_table` is the in-memory convenience on top.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from broaden.errors import ScoredTableError
+
+PROB_SUM_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Names of the scored table's columns (the CLI's ``--id-col`` etc. override them)."""
+
+    id: str = "id"
+    label: str = "label"
+    probs: str = "probs"
+    embedding: str = "embedding"
+
+
+DEFAULT_COLUMNS = Columns()
+
+
+# --------------------------------------------------------------------------------------------- files
+def parquet_files(path: str | os.PathLike) -> list[Path]:
+    """The Parquet files behind ``path``: the file itself, or a directory's ``*.parquet`` in name order."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.parquet") if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise ScoredTableError(f"{p}: directory holds no .parquet files")
+        return files
+    if not p.exists():
+        raise ScoredTableError(f"{p}: no such file or directory")
+    return [p]
+
+
+def read_schema(path: str | os.PathLike) -> pa.Schema:
+    """Schema of the first file behind ``path`` (cheap: reads only the footer)."""
+    f = parquet_files(path)[0]
+    try:
+        return pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """Row count from the Parquet footers, without reading data."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
+# ------------------------------------------------------------------------------------- validation
+@dataclass
+class Validator:
+    """Checks record batches of one scored table, keeping the state that spans batches and files.
+
+    ``require`` names the logical columns that must be present (``"id"``, ``"label"``, ``"probs"``,
+    ``"embedding"``). With ``logits=True`` the probability column holds raw scores and is replaced by
+    their softmax instead of being checked for summing to one.
+    """
+
+    columns: Columns = DEFAULT_COLUMNS
+    require: Sequence[str] = ("id", "probs")
+    logits: bool = False
+    num_classes: int | None = None
+    dim: int | None = None
+    check_unique: bool = True
+    _ids: list[np.ndarray] = field(default_factory=list, repr=False)
+    _id_sources: list[str] = field(default_factory=list, repr=False)
+
+    def __call__(self, batch: pa.RecordBatch | pa.Table, source: str, row_offset: int = 0):
+        names = batch.schema.names
+        missing = [getattr(self.columns, r) for r in self.require if getattr(self.columns, r) not in names]
+        if missing:
+            raise ScoredTableError(
+                f"{source}: missing column(s) {', '.join(repr(m) for m in missing)}; "
+                f"found {', '.join(repr(n) for n in names)}"
+            )
+        c = self.columns
+        if c.probs in names:
+            batch = self._check_probs(batch, source, row_offset)
+        if c.embedding in names:
+            self._check_embedding(batch, source, row_offset)
+        if c.label in names:
+            self._check_labels(batch, source, row_offset)
+        if c.id in names and self.check_unique:
+            self._collect_ids(batch, source, row_offset)
+        return batch
+
+    # -- probabilities
+    def _check_probs(self, batch, source, row_offset):
+        col = self.columns.probs
+        arr = _combine(batch.column(batch.schema.get_field_index(col)))
+        width = self._list_width(arr, col, source, row_offset, self.num_classes, "class")
+        self.num_classes = width
+        values = list_matrix(arr, width, dtype=np.float64)
+        _check_finite(values, col, source, row_offset)
+        if self.logits:
+            values = softmax(values)
+            new = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), pa.float32()), width)
+            idx = batch.schema.get_field_index(col)
+            batch = _replace_column(batch, idx, col, pa.list_(pa.float32()), new.cast(pa.list_(pa.float32())))
+            return batch
+        if (values < -PROB_SUM_TOLERANCE).any():
+            bad = int(np.argwhere((values < -PROB_SUM_TOLERANCE).any(axis=1))[0, 0])
+            raise ScoredTableError(
+                f"{source}: column {col!r} row {row_offset + bad}: negative probability "
+                f"{values[bad].min():.4g}; pass --logits if these are raw scores"
+            )
+        sums = values.sum(axis=1)
+        off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+        if off.any():
+            bad = int(np.argmax(off))
+            raise ScoredTableError(
+                f"{source}: column {col!r} row {row_offset + bad}: probabilities sum to {sums[bad]:.6g}, "
+                f"expected 1 within {PROB_SUM_TOLERANCE:g}; pass --logits if these are raw scores"
+            )
+        return batch
+
+    def _check_embedding(self, batch, source, row_offset):
+        col = self.columns.embedding
+        arr = _combine(batch.column(batch.schema.get_field_index(col)))
+        width = self._list_width(arr, col, source, row_offset, self.dim, "dimension")
+        self.dim = width
+        _check_finite(list_matrix(arr, width, dtype=np.float32), col, source, row_offset)
+
+    def _list_width(self, arr, col, source, row_offset, expected, what) -> int:
+        if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)
+                or pa.types.is_fixed_size_list(arr.type)):
+            raise ScoredTableError(f"{source}: column {col!r} must be a list of floats, found {arr.type}")
+        if arr.null_count:
+            bad = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+            raise ScoredTableError(f"{source}: column {col!r} row {row_offset + bad}: value is null")
+        if len(arr) == 0:
+            return expected or 0
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        ref = expected if expected is not None else int(lengths[0])
+        wrong = lengths != ref
+        if wrong.any():
+            bad = int(np.argmax(wrong))
+            raise ScoredTableError(
+                f"{source}: column {col!r} row {row_offset + bad}: has {int(lengths[bad])} values, "
+                f"expected {ref} (every row must have the same {what} count)"
+            )
+        if ref == 0:
+            raise ScoredTableError(f"{source}: column {col!r}: lists are empty")
+        return ref
+
+    def _check_labels(self, batch, source, row_offset):
+        col = self.columns.label
+        arr = _combine(batch.column(batch.schema.get_field_index(col)))
+        if not (pa.types.is_integer(arr.type) or pa.types.is_null(arr.type)):
+            if pa.types.is_floating(arr.type):
+                vals = arr.to_numpy(zero_copy_only=False)
+                frac = ~np.isnan(vals) & (vals != np.round(vals))
+                if frac.any():
+                    bad = int(np.argmax(frac))
+                    raise ScoredTableError(
+                        f"{source}: column {col!r} row {row_offset + bad}: label {vals[bad]!r} is not an integer"
+                    )
+            else:
+                raise ScoredTableError(f"{source}: column {col!r} must hold integers, found {arr.type}")
+        if self.num_classes is None:
+            return
+        vals = labels_array(arr)
+        bad_mask = (vals != -1) & ((vals < 0) | (vals >= self.num_classes))
+        if bad_mask.any():
+            bad = int(np.argmax(bad_mask))
+            raise ScoredTableError(
+                f"{source}: column {col!r} row {row_offset + bad}: label {int(vals[bad])} is outside "
+                f"0..{self.num_classes - 1} (the probability vectors have {self.num_classes} classes)"
+            )
+
+    def _collect_ids(self, batch, source, row_offset):
+        arr = _combine(batch.column(batch.schema.get_field_index(self.columns.id)))
+        if arr.null_count:
+            bad = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
+            raise ScoredTableError(f"{source}: column {self.columns.id!r} row {row_offset + bad}: id is null")
+        self._ids.append(id_keys(arr))
+        self._id_sources.append(source)
+
+    def finish(self) -> None:
+        """Run the checks that need the whole table (duplicate ids)."""
+        if not self._ids:
+            return
+        keys = np.concatenate(self._ids)
+        order = np.argsort(keys, kind="stable")
+        dup = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+        if dup.size:
+            first, second = order[dup[0]], order[dup[0] + 1]
+            raise ScoredTableError(
+                f"duplicate id: rows {_locate(first, self._ids, self._id_sources)} and "
+                f"{_locate(second, self._ids, self._id_sources)} share one id; ids must be unique"
+            )
+
+
+def _locate(pos: int, chunks: list[np.ndarray], sources: list[str]) -> str:
+    for chunk, src in zip(chunks, sources):
+        if pos < len(chunk):
+            return f"{src} row {pos}"
+        pos -= len(chunk)
+    return f"row {pos}"  # pragma: no cover
+
+
+def id_keys(arr: pa.Array) -> np.ndarray:
+    """A sortable numpy key per id: int64 for integer ids, the Python strings for string ids."""
+    arr = _combine(arr)
+    if pa.types.is_integer(arr.type):
+        return arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return np.asarray(arr.cast(pa.string()).to_pylist(), dtype=object).astype(str)
+
+
+def _check_finite(values: np.ndarray, col: str, source: str, row_offset: int) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad_row, bad_col = (int(x) for x in np.argwhere(~finite)[0])
+        raise ScoredTableError(
+            f"{source}: column {col!r} row {row_offset + bad_row}: value {values[bad_row, bad_col]} at "
+            f"position {bad_col} is not finite (NaN or inf)"
+        )
+
+
+# ----------------------------------------------------------------------------------- conversions
+def _combine(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    return arr
+
+
+def list_matrix(arr: pa.Array | pa.ChunkedArray, width: int | None = None, dtype=np.float32) -> np.ndarray:
+    """A list<float> column of equal-length rows as an (n, width) numpy matrix (no Python loop)."""
+    arr = _combine(arr)
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, width or 0), dtype=dtype)
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+        flat = arr.flatten()
+    else:
+        flat = arr.flatten()
+        width = width or len(flat) // n
+    values = flat.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    if values.size != n * width:
+        raise ScoredTableError(f"list column has rows of unequal length (expected {width} each)")
+    return values.reshape(n, width)
+
+
+def matrix_to_list_array(values: np.ndarray, dtype=pa.float32()) -> pa.Array:
+    """An (n, d) matrix as a list<float32> Arrow column (the scored table's on-disk form)."""
+    values = np.ascontiguousarray(values)
+    n, d = values.shape
+    flat = pa.array(values.ravel().astype(dtype.to_pandas_dtype(), copy=False), type=dtype)
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32), type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def labels_array(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Labels as int64 with -1 for null (unlabelled)."""
+    arr = _combine(arr)
+    if pa.types.is_null(arr.type):
+        return np.full(len(arr), -1, dtype=np.int64)
+    filled = pc.fill_null(arr.cast(pa.int64()), -1)
+    return filled.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def _replace_column(batch, idx, name, typ, new):
+    if isinstance(batch, pa.Table):
+        return batch.set_column(idx, pa.field(name, typ), new)
+    arrays = list(batch.columns)
+    arrays[idx] = new
+    schema = batch.schema.set(idx, pa.field(name, typ))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# ----------------------------------------------------------------------------------------- reading
+def iter_batches(
+    path: str | os.PathLike,
+    *,
+    columns: Iterable[str] | None = None,
+    batch_size: int = 65_536,
+    validator: Validator | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from a Parquet file or directory, validating each when asked.
+
+    Memory stays bounded by ``batch_size`` rows; ``validator.finish()`` runs after the last batch.
+    """
+    cols = list(columns) if columns is not None else None
+    for f in parquet_files(path):
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
+        if cols is not None:
+            missing = [c for c in cols if c not in pf.schema_arrow.names]
+            if missing and validator is not None:
+                validator(pa.RecordBatch.from_pylist([], schema=pf.schema_arrow), str(f))
+            if missing:
+                raise ScoredTableError(
+                    f"{f}: missing column(s) {', '.join(repr(m) for m in missing)}; "
+                    f"found {', '.join(repr(n) for n in pf.schema_arrow.names)}"
+                )
+        offset = 0
+        for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+            if validator is not None:
+                batch = validator(batch, str(f), offset)
+            offset += batch.num_rows
+            yield batch
+    if validator is not None:
+        validator.finish()
+
+
+def read_table(
+    path: str | os.PathLike,
+    *,
+    columns: Iterable[str] | None = None,
+    validator: Validator | None = None,
+) -> pa.Table:
+    """Read a whole scored table (one file or a directory of files) into memory, validated if asked."""
+    batches = list(iter_batches(path, columns=columns, validator=validator))
+    if not batches:
+        files = parquet_files(path)
+        schema = pq.read_schema(files[0])
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.Table.from_batches(batches)
+
+
+def read_scored(
+    path: str | os.PathLike,
+    *,
+    columns: Columns = DEFAULT_COLUMNS,
+    require: Sequence[str] = ("id", "probs"),
+    logits: bool = False,
+    read_columns: Iterable[str] | None = None,
+) -> pa.Table:
+    """Read and validate a scored table; the everyday entry point for commands working in memory."""
+    return read_table(
+        path, columns=read_columns, validator=Validator(columns=columns, require=require, logits=logits)
+    )
+
+
+# ----------------------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    A crash or exception leaves the previous file untouched and removes the temporary one.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, *, compression: str = "zstd") -> Path:
+    """Write ``table`` to one Parquet file atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=compression)
+    return Path(path)
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (JSON results, configs, reports)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+class ParquetStreamWriter:
+    """Write record batches to one Parquet file; the file appears (atomically) only on ``close()``.
+
+    Use as a context manager: an exception inside the block discards the partial file.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, compression: str = "zstd"):
+        self._ctx = atomic_path(path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression=compression)
+        self.path = Path(path)
+        self.rows = 0
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        self._writer.write_table(data)
+        self.rows += data.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self, exc: BaseException) -> None:
+        self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+
+    def __enter__(self) -> ParquetStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def make_scored_table(
+    ids: Sequence | np.ndarray,
+    probs: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
+    labels: Sequence | np.ndarray | None = None,
+    *,
+    columns: Columns = DEFAULT_COLUMNS,
+    extra: dict[str, Sequence] | None = None,
+) -> pa.Table:
+    """Build a scored table from numpy arrays (labels: ints, with -1 or None meaning unlabelled)."""
+    data: dict[str, pa.Array] = {columns.id: pa.array(np.asarray(ids).tolist() if not isinstance(ids, pa.Array) else ids)}
+    if labels is not None:
+        lab = np.asarray([(-1 if v is None else v) for v in labels] if not isinstance(labels, np.ndarray) else labels)
+        lab = lab.astype(np.int64)
+        data[columns.label] = pa.array(lab, type=pa.int64(), mask=lab < 0)
+    if probs is not None:
+        data[columns.probs] = matrix_to_list_array(np.asarray(probs, dtype=np.float32))
+    if embedding is not None:
+        data[columns.embedding] = matrix_to_list_array(np.asarray(embedding, dtype=np.float32))
+    for name, values in (extra or {}).items():
+        data[name] = pa.array(values)
+    return pa.table(data)
