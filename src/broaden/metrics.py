@@ -1,0 +1,287 @@
+"""Evaluation metrics of the paper (§4.3) and DESIGN.md §4.
+
+Binary view: positive = label in the positive classes (default: label ≠ 0), score s = P(positive) =
+1 − Σ_{c negative} p_c (for the default view, 1 − p_0). Operating points are the distinct score thresholds t
+with "predict positive iff s ≥ t", exactly the points of scikit-learn's ``precision_recall_curve`` /
+``roc_curve``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PRECISION_LEVELS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+FPR_LEVELS: tuple[float, ...] = (0.01,)
+
+
+# ------------------------------------------------------------------------------ per-sample errors
+def expected_class(probs: np.ndarray) -> np.ndarray:
+    """E[x] = Σ_c c·p_c(x) (DESIGN §2)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs @ np.arange(probs.shape[1], dtype=np.float64)
+
+
+def discrepancy(labels: np.ndarray, probs: np.ndarray, kind: str = "ordinal") -> np.ndarray:
+    """Per-item discrepancy d(x) between the human label and the prediction, in [0, 1].
+
+    ``ordinal`` (paper Eq. 11 form): d = |y − E[x]| / (C − 1), right for graded labels;
+    ``nominal``: d = 1 − p_y(x), for unordered classes. For C = 2 both equal |y − p_1|.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"probs must be (n, C) with n = {labels.shape[0]}, got {probs.shape}")
+    n_classes = probs.shape[1]
+    if n_classes < 2:
+        raise ValueError("discrepancy needs at least 2 classes")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+    if kind == "ordinal":
+        return np.abs(labels - expected_class(probs)) / (n_classes - 1)
+    if kind == "nominal":
+        return 1.0 - probs[np.arange(labels.size), labels]
+    raise ValueError(f"unknown discrepancy kind {kind!r}; expected 'ordinal' or 'nominal'")
+
+
+def multiclass_loss(labels: np.ndarray, probs: np.ndarray, kind: str = "ordinal") -> float:
+    """Eq. 11: mean discrepancy of a set; higher means the set is more valuable to label."""
+    d = discrepancy(labels, probs, kind)
+    return float(d.mean()) if d.size else float("nan")
+
+
+# --------------------------------------------------------------------------------- binary view
+def binary_view(
+    labels: np.ndarray, probs: np.ndarray, positive: Iterable[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(y, s): y = 1 for positive labels, s = 1 − total probability of the negative classes.
+
+    ``positive=None`` means every class but 0 (the paper's "label ≠ 0", s = 1 − p_0).
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = probs.shape[1]
+    pos = list(range(1, n_classes)) if positive is None else sorted({int(c) for c in positive})
+    if not pos or any(c < 0 or c >= n_classes for c in pos):
+        raise ValueError(f"positive classes {pos} must be a non-empty subset of 0..{n_classes - 1}")
+    if len(pos) == n_classes:
+        raise ValueError("positive classes cover every class; nothing would be negative")
+    mask = np.zeros(n_classes, dtype=bool)
+    mask[pos] = True
+    return mask[labels].astype(np.int64), 1.0 - probs[:, ~mask].sum(axis=1)
+
+
+@dataclass(frozen=True)
+class OperatingPoints:
+    """Confusion counts at every distinct threshold, highest threshold first (s ≥ t predicts positive)."""
+
+    thresholds: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    n_pos: int
+    n_neg: int
+
+    @property
+    def fn(self) -> np.ndarray:
+        return self.n_pos - self.tp
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self.tp / np.maximum(self.tp + self.fp, 1)
+
+    @property
+    def recall(self) -> np.ndarray:
+        return self.tp / self.n_pos if self.n_pos else np.zeros_like(self.tp, dtype=np.float64)
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return self.fp / self.n_neg if self.n_neg else np.zeros_like(self.fp, dtype=np.float64)
+
+
+def operating_points(y: np.ndarray, s: np.ndarray) -> OperatingPoints:
+    """Cumulative TP/FP over thresholds in one sort (O(n log n), no per-threshold loop)."""
+    y = np.asarray(y).astype(np.int64)
+    s = np.asarray(s, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    # The last index of each run of equal scores is where a threshold at that score stops.
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1] if s.size else np.array([], int)
+    tp = np.cumsum(y_sorted)[last] if s.size else np.array([], np.int64)
+    fp = (last + 1) - tp
+    n_pos = int(y.sum())
+    return OperatingPoints(s_sorted[last], tp, fp, n_pos, int(y.size - n_pos))
+
+
+def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (trapezoidal, ties handled as scikit-learn does); NaN for one class."""
+    pts = operating_points(y, s)
+    if pts.n_pos == 0 or pts.n_neg == 0:
+        return float("nan")
+    tpr = np.r_[0.0, pts.tp / pts.n_pos]
+    fpr = np.r_[0.0, pts.fp / pts.n_neg]
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _best_index(values: np.ndarray, feasible: np.ndarray) -> int | None:
+    """Index of the largest value among feasible points; ties go to the highest threshold (fewest FP)."""
+    if not feasible.any():
+        return None
+    candidates = np.where(feasible, values, -np.inf)
+    return int(np.argmax(candidates))
+
+
+def recall_at_precision(
+    y: np.ndarray, s: np.ndarray, levels: Sequence[float] = PRECISION_LEVELS, *, _pts=None
+) -> dict[str, float]:
+    """R@Pxx: the largest recall among operating points with precision ≥ xx (0 if none)."""
+    pts = _pts or operating_points(y, s)
+    out = {}
+    for level in levels:
+        i = _best_index(pts.recall, pts.precision >= level - 1e-12)
+        out[_key(level)] = float(pts.recall[i]) if i is not None and pts.n_pos else 0.0
+    return out
+
+
+def tpr_at_fpr(
+    y: np.ndarray, s: np.ndarray, levels: Sequence[float] = FPR_LEVELS, *, _pts=None
+) -> dict[str, float]:
+    """TPR@FPR: the largest TPR among operating points with FPR ≤ level (0 if none)."""
+    pts = _pts or operating_points(y, s)
+    out = {}
+    for level in levels:
+        i = _best_index(pts.recall, pts.fpr <= level + 1e-12)
+        out[_key(level)] = float(pts.recall[i]) if i is not None and pts.n_pos else 0.0
+    return out
+
+
+def beta_variance(alpha: np.ndarray | float, beta: np.ndarray | float) -> np.ndarray | float:
+    """Variance of Beta(α, β): αβ / ((α+β)² (α+β+1))."""
+    a = np.asarray(alpha, dtype=np.float64)
+    b = np.asarray(beta, dtype=np.float64)
+    return a * b / ((a + b) ** 2 * (a + b + 1.0))
+
+
+def max_beta_variance(
+    y: np.ndarray,
+    s: np.ndarray,
+    *,
+    precision_levels: Sequence[float] = PRECISION_LEVELS,
+    fpr_levels: Sequence[float] = FPR_LEVELS,
+    threshold: float = 0.5,
+    _pts=None,
+) -> float:
+    """Eq. 12: the largest posterior variance of precision and recall over the reported operating points.
+
+    At each point, precision ~ Beta(TP+1, FP+1) and recall ~ Beta(TP+1, FN+1). The reported points are the
+    F1 threshold (s ≥ ``threshold``) and the points chosen by each R@P and TPR@FPR level that exist.
+    Below 0.005 the estimates are considered certain.
+    """
+    y = np.asarray(y).astype(np.int64)
+    s = np.asarray(s, dtype=np.float64)
+    pts = _pts or operating_points(y, s)
+    counts = []
+    pred = s >= threshold
+    tp = int((pred & (y == 1)).sum())
+    counts.append((tp, int(pred.sum()) - tp, pts.n_pos - tp))
+    chosen = [_best_index(pts.recall, pts.precision >= lv - 1e-12) for lv in precision_levels]
+    chosen += [_best_index(pts.recall, pts.fpr <= lv + 1e-12) for lv in fpr_levels]
+    for i in chosen:
+        if i is not None:
+            counts.append((int(pts.tp[i]), int(pts.fp[i]), int(pts.n_pos - pts.tp[i])))
+    tp_, fp_, fn_ = (np.array(c, dtype=np.float64) for c in zip(*counts))
+    var = np.maximum(beta_variance(tp_ + 1, fp_ + 1), beta_variance(tp_ + 1, fn_ + 1))
+    return float(var.max())
+
+
+def f1_at(y: np.ndarray, s: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of the binary view at s ≥ threshold (0 when there are no true or predicted positives)."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(s) >= threshold
+    tp = float((pred & y).sum())
+    denom = float(pred.sum() + y.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+# ---------------------------------------------------------------------------- multi-class view
+def confusion_matrix(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows = true class, columns = predicted class."""
+    idx = np.asarray(labels, dtype=np.int64) * n_classes + np.asarray(pred, dtype=np.int64)
+    return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def multiclass_view(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (argmax rule)."""
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = probs.shape[1]
+    cm = confusion_matrix(labels, probs.argmax(axis=1), n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    present = (support + predicted) > 0  # scikit-learn's macro average skips classes absent from both
+    return {
+        "accuracy": float(tp.sum() / max(labels.size, 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            str(c): {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
+                     "support": int(support[c])}
+            for c in range(n_classes)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+# ------------------------------------------------------------------------------------- summary
+def evaluate(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    *,
+    positive: Iterable[int] | None = None,
+    discrepancy_kind: str = "ordinal",
+) -> dict:
+    """All DESIGN §4 metrics for labelled items: the binary view, Eq. 11, Eq. 12 and the multi-class view.
+
+    Keys: n, auc, f1, recall_at_precision ("0.4" … "0.9"), tpr_at_fpr ("0.01"), multiclass_loss,
+    max_beta_variance, accuracy, macro_f1, per_class, confusion_matrix. Undefined values (AUC with one
+    class present, anything on an empty set) are NaN.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    out: dict = {"n": int(labels.size)}
+    if labels.size == 0:
+        nan = float("nan")
+        return out | {"auc": nan, "f1": nan, "recall_at_precision": {_key(x): nan for x in PRECISION_LEVELS},
+                      "tpr_at_fpr": {_key(x): nan for x in FPR_LEVELS}, "multiclass_loss": nan,
+                      "max_beta_variance": nan, "accuracy": nan, "macro_f1": nan, "per_class": {},
+                      "confusion_matrix": []}
+    y, s = binary_view(labels, probs, positive)
+    pts = operating_points(y, s)
+    out["auc"] = roc_auc(y, s)
+    out["f1"] = f1_at(y, s)
+    out["recall_at_precision"] = recall_at_precision(y, s, _pts=pts)
+    out["tpr_at_fpr"] = tpr_at_fpr(y, s, _pts=pts)
+    out["multiclass_loss"] = multiclass_loss(labels, probs, discrepancy_kind)
+    out["max_beta_variance"] = max_beta_variance(y, s, _pts=pts)
+    out.update(multiclass_view(labels, probs))
+    return out
+
+
+def _key(level: float) -> str:
+    return f"{level:g}"
+
+
+def to_jsonable(value):
+    """Replace NaN/inf by None so results serialise as strict JSON."""
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

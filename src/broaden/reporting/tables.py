@@ -1,0 +1,55 @@
+"""Rich tables in the shape of the paper's Table 2 (one row per run / file / group)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("AUC", ("auc",)),
+    ("F1", ("f1",)),
+    *((f"R@P{int(float(k) * 100)}", ("recall_at_precision", k)) for k in ("0.4", "0.5", "0.6", "0.7", "0.8", "0.9")),
+    ("TPR@1%FPR", ("tpr_at_fpr", "0.01")),
+    ("MC loss", ("multiclass_loss",)),
+    ("max Var", ("max_beta_variance",)),
+    ("Acc", ("accuracy",)),
+    ("macro-F1", ("macro_f1",)),
+)
+
+
+def lookup(result: Mapping, path: tuple[str, ...]):
+    value = result
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and abs(value) < 10 ** -digits and value != 0:
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that does not squeeze wide tables to 80 columns when output is piped or logged."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=200)
+
+
+def print_metrics_table(results: Mapping[str, Mapping], *, title: str | None = None,
+                        console: Console | None = None) -> None:
+    """One row per named result dict from :func:`broaden.metrics.evaluate`."""
+    table = Table(title=title, header_style="bold")
+    table.add_column("run", overflow="fold")
+    table.add_column("n", justify="right")
+    for name, _ in METRIC_COLUMNS:
+        table.add_column(name, justify="right")
+    for run, result in results.items():
+        table.add_row(run, str(result.get("n", "")), *(fmt(lookup(result, path)) for _, path in METRIC_COLUMNS))
+    (console or make_console()).print(table)
