@@ -15,6 +15,14 @@ def _data_dir() -> Path:
     return Path(env) if env else (REPO.parent / "shared" / "data").resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep caches (checksums, embeddings, indexes) of the test run out of the user's home folder."""
+    if "BROADEN_CACHE_DIR" not in os.environ:
+        os.environ["BROADEN_CACHE_DIR"] = str(tmp_path_factory.mktemp("broaden-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared real-data folder (BROADEN_DATA_DIR, else ../shared/data); skips when absent."""

@@ -24,6 +24,8 @@ import pyarrow.parquet as pq
 from broaden.errors import ScoredTableError
 
 PROB_SUM_TOLERANCE = 1e-3
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should get the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
