@@ -1,0 +1,124 @@
+"""``broaden init``, ``broaden round start|import|finish`` and ``broaden status``: annotation rounds."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="create an annotation workspace (config + SQLite ledger)",
+                       description="Create WORKSPACE with its config and ledger. Settings come from --config "
+                       "(YAML/JSON, see docs/rounds.md) and the flags below, which override it.")
+    p.add_argument("workspace", help="folder to create (must not exist or be empty)")
+    p.add_argument("--config", help="YAML/JSON file with the workspace settings")
+    p.add_argument("--classes", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+                   dest="class_names", metavar="NAME,NAME,...", help="class names, in label order")
+    p.add_argument("--pool", help="default pool (scored Parquet file or folder)")
+    p.add_argument("--labeled", help="initial labelled scored table (id, label, embedding[, probs])")
+    p.add_argument("--eval", help="fixed evaluation set (id, label, embedding)")
+    p.add_argument("--model", help="saved classifier folder used to score pools that have no probs")
+    p.add_argument("--strategy", help="strategy or mix, e.g. entropy:0.8,lsb-lt:0.2")
+    p.add_argument("--budget", type=int, help="items per round")
+    p.set_defaults(func=run_init)
+
+    rp = sub.add_parser("round", help="start, import labels into, or finish an annotation round")
+    rsub = rp.add_subparsers(dest="round_command", metavar="ACTION", required=True)
+    s = rsub.add_parser("start", help="select a batch from the pool and write it for annotators",
+                        description="Score the pool if needed, select the batch, record it in the ledger in one "
+                        "transaction, and write CSV, JSONL and Label Studio tasks under the round's export/.")
+    s.add_argument("workspace")
+    s.add_argument("--pool", help="pool for this round (default: the config's pool)")
+    s.add_argument("--budget", type=int, help="override the config's budget")
+    s.add_argument("--strategy", help="override the config's strategy mix")
+    s.add_argument("--seed", type=int, help="override the config's seed")
+    s.set_defaults(func=run_start)
+
+    i = rsub.add_parser("import", help="import labels (CSV, JSONL, JSON or a Label Studio export)",
+                        description="Validate and store labels. Re-importing a file changes nothing. Bad rows "
+                        "are reported and skipped, or with --strict nothing is imported.")
+    i.add_argument("workspace")
+    i.add_argument("file")
+    i.add_argument("--strict", action="store_true", help="import nothing if any row is bad")
+    i.add_argument("--format", default="auto", choices=("auto", "csv", "jsonl", "json", "label-studio"))
+    i.add_argument("--annotator", help="annotator name for rows that do not name one "
+                   "(default: one annotator per file)")
+    i.set_defaults(func=run_import)
+
+    f = rsub.add_parser("finish", help="retrain on all labels, evaluate, close the round")
+    f.add_argument("workspace")
+    f.add_argument("--round", type=int, help="round to finish (default: the latest open one)")
+    f.add_argument("--allow-pending", action="store_true",
+                   help="finish although some items have no label or a tied vote")
+    f.set_defaults(func=run_finish)
+
+    st = sub.add_parser("status", help="round table, metrics and per-strategy bad-case yield of a workspace")
+    st.add_argument("workspace")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=run_status)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    from broaden.rounds import init
+
+    settings = {k: getattr(args, k) for k in ("class_names", "pool", "labeled", "eval", "model", "strategy", "budget")}
+    ws = init(args.workspace, args.config, **settings)
+    print(f"created workspace {ws.path} ({len(ws.config.class_names)} classes, strategy {ws.config.strategy}, "
+          f"budget {ws.config.budget})")
+    return 0
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from broaden.rounds import round_start
+
+    r = round_start(args.workspace, args.pool, budget=args.budget, strategy=args.strategy, seed=args.seed)
+    mix = ", ".join(f"{k} {v}" for k, v in r.by_strategy.items())
+    print(f"round {r.round}: {r.selected} items selected ({mix}); pool scored by {r.model_id}, "
+          f"embeddings {r.embedding_version}")
+    if r.scored_pool:
+        print(f"  scored pool: {r.scored_pool}")
+    for kind, path in r.exports.items():
+        print(f"  {kind}: {path}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from broaden.rounds import round_import
+
+    r = round_import(args.workspace, args.file, strict=args.strict, format=args.format, annotator=args.annotator)
+    if r.already_imported:
+        print(f"{r.path}: already imported ({r.labels} labels); nothing changed")
+        return 0
+    print(f"{r.path} ({r.format}): {r.new} new label(s), {r.duplicates} already present, "
+          f"{r.unlabelled} row(s) without a label, {len(r.bad)} bad row(s)")
+    for bad in r.bad:
+        print(f"  bad {bad}", file=sys.stderr)
+    return 0
+
+
+def run_finish(args: argparse.Namespace) -> int:
+    from broaden.metrics import to_jsonable
+    from broaden.rounds import round_finish
+
+    r = round_finish(args.workspace, round=args.round, allow_pending=args.allow_pending)
+    print(f"round {r.round} finished: trained {r.model_id} on {r.trained_on} labelled items"
+          + (f" ({r.pending} pending, {r.tied} tied left out)" if r.pending or r.tied else ""))
+    if r.metrics:
+        from broaden.reporting.tables import print_metrics_table
+
+        print_metrics_table({f"round {r.round}": to_jsonable(r.metrics)})
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from broaden.rounds import status
+    from broaden.rounds.status import print_status
+
+    report = status(args.workspace)
+    if args.json:
+        from broaden.metrics import to_jsonable
+
+        print(json.dumps(to_jsonable(report), indent=2))
+    else:
+        print_status(report)
+    return 0

@@ -1,0 +1,84 @@
+"""``round import``: bring annotators' labels into the ledger, validated, idempotent and all-or-nothing.
+
+* A file whose SHA-256 is already in the ledger is not read again: re-importing changes nothing.
+* Every label is checked: the id must belong to an open round, the label must be a class index in
+  0..C−1 or a class name. Lenient (default): good rows go in, each bad row is reported with where it is
+  and why. ``strict=True``: any bad row stops the import before anything is written.
+* All votes of one file go in one transaction with the file's digest, so a crash imports all or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broaden.errors import BroadenError
+from broaden.rounds.formats import BadRow, parse_annotations
+from broaden.rounds.ledger import Vote
+from broaden.rounds.workspace import Workspace
+
+UNNAMED = "unnamed"
+
+
+class ImportRejected(BroadenError):
+    """``--strict`` import of a file with bad rows: nothing was imported."""
+
+    def __init__(self, path: str, bad: list[BadRow]):
+        shown = "; ".join(str(b) for b in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        super().__init__(f"{path}: {len(bad)} bad row(s), nothing imported (--strict): {shown}{more}")
+        self.bad = bad
+
+
+@dataclass
+class ImportReport:
+    path: str
+    format: str
+    digest: str
+    already_imported: bool = False
+    labels: int = 0
+    new: int = 0
+    unlabelled: int = 0
+    bad: list[BadRow] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return self.labels - self.new
+
+
+def round_import(ws: Workspace, path: str | os.PathLike, *, strict: bool = False, fmt: str = "auto",
+                 annotator: str | None = None) -> ImportReport:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise BroadenError(f"{p}: cannot read annotation file ({exc.strerror})") from exc
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BroadenError(f"{p}: not UTF-8 text (byte {exc.start})") from exc
+    with ws.locked() as ledger:
+        seen = ledger.find_import(digest)
+        if seen is not None:
+            return ImportReport(str(p), seen["format"], digest, already_imported=True, labels=seen["rows_ok"],
+                                bad=[])
+        parsed = parse_annotations(p, text, class_names=ws.config.class_names, fmt=fmt, id_field="id")
+        # Rows naming no annotator are one unnamed annotator: a corrected file replaces, not doubles, its votes.
+        default_annotator = annotator or UNNAMED
+        where = ledger.latest_round_of(v.item_id for v in parsed.votes)
+        votes, bad = [], list(parsed.bad)
+        for v in parsed.votes:
+            found = where.get(v.item_id)
+            if found is None:
+                bad.append(BadRow(v.where, f"id {v.item_id!r} was never sent out in this workspace"))
+            elif found[1] != "open":
+                bad.append(BadRow(v.where, f"id {v.item_id!r} belongs to round {found[0]}, which is finished"))
+            else:
+                votes.append(Vote(v.item_id, found[0], v.annotator or default_annotator, v.label))
+        if strict and bad:
+            raise ImportRejected(str(p), bad)
+        new = ledger.add_import(digest=digest, path=str(p), fmt=parsed.format, votes=votes, rows_bad=len(bad))
+    return ImportReport(str(p), parsed.format, digest, labels=len(votes), new=new, unlabelled=parsed.unlabelled,
+                        bad=bad)

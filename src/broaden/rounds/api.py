@@ -1,0 +1,78 @@
+"""The Python API of annotation rounds; each function mirrors the ``broaden`` command of the same name.
+
+Every function takes a workspace path (or a :class:`Workspace`, to plug in a custom selector or
+classifier) so a team can drive rounds from its own scheduler::
+
+    from broaden.rounds import init, round_start, round_import, round_finish, status
+    init("ws", {"class_names": ["ok", "bad"], "strategy": "entropy:0.8,lsb-lt:0.2", "budget": 500})
+    round_start("ws", pool="week-12.parquet")       # -> ws/rounds/0001/export/{batch.csv,tasks.json,…}
+    round_import("ws", "labels-from-vendor.csv")
+    round_finish("ws")
+    status("ws")["strategies"]
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from broaden.rounds.annotate import ImportReport
+from broaden.rounds.annotate import round_import as _round_import
+from broaden.rounds.config import WorkspaceConfig, load_config
+from broaden.rounds.finish import RoundFinish
+from broaden.rounds.finish import round_finish as _round_finish
+from broaden.rounds.start import RoundStart
+from broaden.rounds.start import round_start as _round_start
+from broaden.rounds.status import status as _status
+from broaden.rounds.workspace import Workspace
+
+PATH_SETTINGS = ("pool", "labeled", "eval", "model")
+
+
+def _ws(workspace: str | os.PathLike | Workspace) -> Workspace:
+    return workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+
+
+def init(workspace: str | os.PathLike, config: str | os.PathLike | dict | WorkspaceConfig | None = None,
+         **settings) -> Workspace:
+    """``broaden init``: create a workspace from a config file / dict, with ``settings`` overriding it.
+
+    Relative paths (pool, labeled, eval, model) are resolved against the config file's folder (or the
+    current folder) and stored absolute, so the workspace works from anywhere.
+    """
+    base = Path.cwd()
+    if isinstance(config, (str, os.PathLike)):
+        base = Path(config).resolve().parent
+        data = load_config(config).to_dict()
+    elif isinstance(config, WorkspaceConfig):
+        data = config.to_dict()
+    else:
+        data = dict(config or {})
+    given = {k: v for k, v in settings.items() if v is not None}
+    data = _absolute(data, base) | _absolute(given, Path.cwd())
+    return Workspace.create(workspace, WorkspaceConfig.from_dict(data, "config"))
+
+
+def _absolute(settings: dict, base: Path) -> dict:
+    return {k: str((base / v).resolve()) if k in PATH_SETTINGS and v else v for k, v in settings.items()}
+
+
+def round_start(workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
+                strategy: str | None = None, seed: int | None = None) -> RoundStart:
+    """``broaden round start``: select and record a batch; writes CSV, JSONL and Label Studio tasks."""
+    return _round_start(_ws(workspace), pool, budget=budget, strategy=strategy, seed=seed)
+
+
+def round_import(workspace, file: str | os.PathLike, *, strict: bool = False, format: str = "auto",
+                 annotator: str | None = None) -> ImportReport:
+    """``broaden round import``: add labels from CSV / JSONL / JSON / a Label Studio export."""
+    return _round_import(_ws(workspace), file, strict=strict, fmt=format, annotator=annotator)
+
+
+def round_finish(workspace, *, round: int | None = None, allow_pending: bool = False) -> RoundFinish:
+    """``broaden round finish``: retrain on all labels, evaluate on the eval set, close the round."""
+    return _round_finish(_ws(workspace), round=round, allow_pending=allow_pending)
+
+
+def status(workspace, *, level: float = 0.9) -> dict:
+    """``broaden status``: rounds, counts, metrics and per-strategy bad-case yield (Beta posterior)."""
+    return _status(_ws(workspace), level=level)

@@ -1,0 +1,104 @@
+"""Workspace configuration: what a team sets once and every round reads (YAML or JSON, loaded safely)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from broaden.errors import BroadenError
+from broaden.io import Columns
+
+
+class ConfigError(BroadenError):
+    """The workspace configuration is missing a value or holds one of the wrong kind."""
+
+
+@dataclass
+class WorkspaceConfig:
+    """Settings of an annotation workspace (docs/rounds.md lists every key).
+
+    ``seed_threshold`` is τ1 (a labelled item with discrepancy d > τ1 seeds LSB), ``lookalike_threshold`` is
+    τ2 (LT keeps kNN candidates with P(z=1|h) > τ2), ``k`` the neighbours per seed (DESIGN §3; ``None``
+    lets the LSB strategy size it from its share of the budget).
+    """
+
+    class_names: list[str]
+    strategy: str = "entropy"
+    budget: int = 1000
+    pool: str | None = None
+    labeled: str | None = None
+    eval: str | None = None
+    model: str | None = None
+    model_id: str | None = None
+    seed_threshold: float = 0.5
+    lookalike_threshold: float | None = 0.5
+    k: int | None = None
+    max_seeds: int | None = None
+    discrepancy: str = "ordinal"
+    select_options: dict = field(default_factory=dict)
+    classifier: dict = field(default_factory=dict)
+    seed: int = 0
+    columns: dict = field(default_factory=dict)
+    text_fields: list[str] | None = None
+    media_fields: list[str] | None = None
+    embedding_version: str | None = None
+    embedding_version_col: str = "embedding_version"
+    positive: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if not isinstance(names, list) or len(names) < 2 or len({str(n) for n in names}) != len(names):
+            raise ConfigError(f"class_names must list at least two distinct class names, got {names!r}")
+        self.class_names = [str(n) for n in names]
+        if not isinstance(self.budget, int) or self.budget < 1:
+            raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
+        if self.discrepancy not in ("ordinal", "nominal"):
+            raise ConfigError(f"discrepancy must be 'ordinal' or 'nominal', got {self.discrepancy!r}")
+        unknown = set(self.columns) - {f.name for f in dataclasses.fields(Columns)}
+        if unknown:
+            raise ConfigError(f"columns: unknown key(s) {sorted(unknown)}; expected id, label, probs, embedding")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def cols(self) -> Columns:
+        return Columns(**self.columns)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> WorkspaceConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "class_names" not in data:
+            raise ConfigError(f"{source}: 'class_names' is required (the label of each class index, in order)")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+
+
+def load_config(path: str | os.PathLike) -> WorkspaceConfig:
+    """Read a YAML/JSON config with ``yaml.safe_load`` (never executes tags); relative paths stay as written."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: no such config file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML/JSON ({exc})") from exc
+    return WorkspaceConfig.from_dict(data or {}, str(p))
+
+
+def dump_config(config: WorkspaceConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,95 @@
+"""``round finish``: retrain on everything labelled so far, evaluate on the fixed eval set, close the round.
+
+The classifier and its metrics are written (atomically) before the ledger marks the round finished, so
+a crash in between leaves the round open and the next ``finish`` simply trains again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from broaden import io
+from broaden.metrics import evaluate, to_jsonable
+from broaden.rounds.ledger import fault_point
+from broaden.rounds.resolve import resolve_votes
+from broaden.rounds.workspace import Workspace, WorkspaceError, embedding_version, matrix, model_id
+
+
+@dataclass
+class RoundFinish:
+    round: int
+    trained_on: int
+    model_id: str
+    metrics: dict | None
+    pending: int
+    tied: int
+
+
+def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool = False) -> RoundFinish:
+    cfg, cols = ws.config, ws.config.cols
+    with ws.locked() as ledger:
+        open_rounds = ledger.open_rounds()
+        if not open_rounds:
+            raise WorkspaceError(f"{ws.path}: no open round to finish; start one with `broaden round start`")
+        number = open_rounds[-1] if round is None else round
+        if number not in open_rounds:
+            raise WorkspaceError(f"{ws.path}: round {number} is not open (open: {', '.join(map(str, open_rounds))})")
+        resolved = resolve_votes(ledger.votes(number))
+        keys = [r["item_key"] for r in ledger.items(number)]
+        pending = sum((k, number) not in resolved for k in keys)
+        tied = sum(res.tie for res in resolved.values())
+        if (pending or tied) and not allow_pending:
+            raise WorkspaceError(
+                f"round {number}: {pending} item(s) have no label and {tied} are tied; import the missing "
+                "labels, or pass --allow-pending to finish anyway (those items can be selected again later)"
+            )
+        labeled = ws.labeled_table(ledger)
+        if labeled.num_rows == 0:
+            raise WorkspaceError(f"round {number}: nothing is labelled yet, so there is nothing to train on")
+        versions = sorted(set(labeled.column("embedding_version").to_pylist()))
+        if len(versions) > 1:
+            raise WorkspaceError(f"labelled items mix embedding versions {', '.join(versions)}; "
+                                 "one classifier must be trained on one embedding model")
+        clf = ws.new_classifier()
+        clf.fit(matrix(labeled, cols.embedding), np.asarray(labeled.column(cols.label)), num_classes=cfg.num_classes)
+        rel = Path("models") / f"round-{number:04d}"
+        _save_model(clf, ws.path / rel)
+        metrics = {"model": {"path": str(rel), "id": model_id(ws.path / rel), "embedding_version": versions[0],
+                             "trained_on": labeled.num_rows},
+                   "pending": pending, "tied": tied}
+        if cfg.eval:
+            metrics["eval"] = to_jsonable(_evaluate(ws, clf, versions[0]))
+        io.write_text(json.dumps(metrics, indent=2), ws.round_dir(number) / "metrics.json")
+        fault_point("round-finish:model-saved")
+        ledger.finish_round(number, metrics=metrics)
+    return RoundFinish(number, labeled.num_rows, metrics["model"]["id"], metrics.get("eval"), pending, tied)
+
+
+def _save_model(clf, target: Path) -> None:
+    """Save into a fresh folder and swap it in, so a half-written model is never picked up."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clf.save(tmp)
+    if target.exists():  # left by a finish that crashed before its ledger commit
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def _evaluate(ws: Workspace, clf, trained_version: str) -> dict:
+    cfg, cols = ws.config, ws.config.cols
+    table = io.read_table(cfg.eval, validator=io.Validator(columns=cols, require=("id", "label", "embedding"),
+                                                           num_classes=cfg.num_classes))
+    labels = io.labels_array(table.column(cols.label))
+    table = table.filter(np.asarray(labels >= 0))
+    version = embedding_version(cfg.eval, table, cfg)
+    if version != trained_version:
+        raise WorkspaceError(f"{cfg.eval}: eval embeddings are version {version!r}, the classifier was trained on "
+                             f"{trained_version!r}; evaluate with embeddings of one version")
+    probs = clf.predict_proba(matrix(table, cols.embedding))
+    return evaluate(io.labels_array(table.column(cols.label)), probs, positive=cfg.positive,
+                    discrepancy_kind=cfg.discrepancy)

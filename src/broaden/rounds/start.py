@@ -1,0 +1,159 @@
+"""``round start``: score the pool if needed, select a batch, record it, write the annotator files.
+
+Order of effects, chosen so a crash at any point leaves a workspace the next command accepts:
+1. (only if the pool has no probabilities) write ``rounds/NNNN/pool.scored.parquet`` atomically;
+2. write ``rounds/NNNN/batch.parquet`` atomically — harmless if the round is never committed, since the
+   next start reuses the number and replaces the file;
+3. one ledger transaction records the round and all its items;
+4. write the annotator files; if the process dies before this, the next command re-creates them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from broaden import io
+from broaden.rounds.ledger import ItemRecord, Ledger, fault_point
+from broaden.rounds.provenance import add_lsb_provenance, uses_lsb
+from broaden.rounds.workspace import (
+    MODEL_ID_KEY, Workspace, WorkspaceError, embedding_version, key_strings, matrix, require_config,
+)
+
+
+@dataclass
+class RoundStart:
+    round: int
+    selected: int
+    pool: str
+    model_id: str
+    embedding_version: str
+    scored_pool: str | None
+    exports: dict[str, Path] = field(default_factory=dict)
+    by_strategy: dict[str, int] = field(default_factory=dict)
+
+
+def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
+                strategy: str | None = None, seed: int | None = None) -> RoundStart:
+    cfg, cols = ws.config, ws.config.cols
+    pool = str(require_config(pool or cfg.pool, "pool",
+                              "pass --pool POOL (a scored Parquet file or folder) or set 'pool' in the config"))
+    budget = budget or cfg.budget
+    strategy = strategy or cfg.strategy
+    with ws.locked() as ledger:
+        number = ledger.next_round()
+        schema = io.read_schema(pool)
+        version = embedding_version(pool, None, cfg)
+        scored_pool = None
+        if cols.probs not in schema.names:
+            pool, model = _score_pool(ws, ledger, pool, number, version, schema)
+            scored_pool = pool
+        else:
+            model = (schema.metadata or {}).get(MODEL_ID_KEY, b"").decode() or cfg.model_id or "external"
+        labeled = _labeled_for(ws, ledger, strategy, version, pool)
+        run_seed = (cfg.seed if seed is None else seed) + number
+        blocked = ledger.blocked_keys()
+        options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
+                   "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
+        batch = ws.select(pool, strategy, budget, exclude=sorted(blocked), seed=run_seed, labeled=labeled,
+                          columns=cols, **options)
+        batch = add_lsb_provenance(batch, pool=pool, spec=strategy, budget=budget, labeled=labeled, blocked=blocked,
+                                   seed=run_seed, columns=cols, options=options)
+        items = _item_records(batch, ledger, cols, pool)
+        batch = batch.append_column("round", pa.array([number] * batch.num_rows, pa.int64()))
+        io.write_table(batch, ws.batch_path(number))
+        fault_point("round-start:batch-written")
+        ledger.add_round(round=number, pool=str(pool), strategy=strategy, budget=int(budget), seed=run_seed,
+                         model_id=model, embedding_version=version, items=items)
+        fault_point("round-start:committed")
+        exports = ws.write_exports(number, batch)
+    counts = pc.value_counts(batch.column("strategy")).to_pylist()
+    return RoundStart(number, batch.num_rows, str(pool), model, version, scored_pool, exports,
+                      {c["values"]: c["counts"] for c in counts})
+
+
+def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: str, schema: pa.Schema):
+    cols = ws.config.cols
+    if cols.embedding not in schema.names:
+        raise WorkspaceError(
+            f"{pool}: the pool has neither {cols.probs!r} nor {cols.embedding!r}; score it first: "
+            f"`broaden score --model RUN --data {pool} --out SCORED.parquet`, then pass --pool SCORED.parquet"
+        )
+    model = ws.current_model(ledger)
+    if model is None:
+        raise WorkspaceError(
+            f"{pool}: the pool has embeddings but no {cols.probs!r}, and the workspace has no classifier yet; "
+            "set 'model' in the config, finish a round, or score the pool with `broaden score`"
+        )
+    if model["embedding_version"] != version:
+        raise WorkspaceError(
+            f"{pool}: embedding version {version!r} differs from {model['embedding_version']!r}, which the "
+            f"classifier {model['id']} was trained on; re-embed the pool with that version"
+        )
+    clf = ws.load_classifier(Path(model["path"]))
+    out = ws.round_dir(number) / "pool.scored.parquet"
+    validator = io.Validator(columns=cols, require=("id", "embedding"))
+    out_schema = schema.append(pa.field(cols.probs, pa.list_(pa.float32())))
+    out_schema = out_schema.with_metadata({**(schema.metadata or {}), MODEL_ID_KEY: model["id"].encode()})
+    from broaden.models.progress import track
+
+    with io.ParquetStreamWriter(out, out_schema) as writer, track("scoring pool", io.count_rows(pool)) as advance:
+        for b in io.iter_batches(pool, validator=validator):
+            t = pa.Table.from_batches([b])
+            probs = np.asarray(clf.predict_proba(matrix(t, cols.embedding)), np.float32)
+            writer.write(t.append_column(out_schema.field(cols.probs), io.matrix_to_list_array(probs)))
+            advance(b.num_rows)
+    return str(out), model["id"]
+
+
+def _labeled_for(ws: Workspace, ledger: Ledger, strategy: str, version: str, pool: str):
+    """The labelled set LSB seeds come from, refusing one kNN search over two embedding versions."""
+    if not uses_lsb(strategy):
+        return None
+    labeled = ws.labeled_table(ledger)
+    cols = ws.config.cols
+    labeled = labeled.filter(pc.is_valid(labeled.column(cols.probs)))
+    versions = sorted(set(labeled.column("embedding_version").to_pylist()))
+    mixed = [v for v in versions if v != version]
+    if mixed:
+        raise WorkspaceError(
+            f"{pool}: embedding version {version!r}, but labelled items were embedded with "
+            f"{', '.join(map(repr, mixed))}; LSB will not mix embedding versions in one kNN search — "
+            "re-embed the pool (or the labelled items) with one version"
+        )
+    return labeled.select([cols.id, cols.label, cols.probs, cols.embedding])
+
+
+def _item_records(batch: pa.Table, ledger: Ledger, cols: io.Columns, pool: str) -> list[ItemRecord]:
+    keys = key_strings(batch.column(cols.id))
+    if len(set(keys)) != len(keys):
+        raise WorkspaceError(f"{pool}: the selection holds an id twice; pool ids must be unique")
+    blocked = ledger.blocked_keys().intersection(keys)
+    if blocked:  # the selector must honour exclude; never send an item twice even if it does not
+        raise WorkspaceError(f"selection returned {len(blocked)} item(s) already labelled or in an open round, "
+                             f"e.g. {sorted(blocked)[0]!r}")
+    probs = matrix(batch, cols.probs) if cols.probs in batch.column_names else None
+    pred = probs.argmax(axis=1).tolist() if probs is not None else [None] * len(keys)
+
+    def column(name):
+        return batch.column(name).to_pylist() if name in batch.column_names else [None] * len(keys)
+
+    seed = column("seed_id")
+    if "seed_id" not in batch.column_names and "seed_ids" in batch.column_names:
+        seed = [None if s is None else ",".join(map(str, s)) for s in column("seed_ids")]
+    score, rank, strat = column("score"), column("rank"), column("strategy")
+    sim, lal = column("similarity"), column("lookalike_score")
+    return [ItemRecord(k, strat[i], _num(score[i]), int(rank[i]), pred[i],
+                       None if seed[i] is None else str(seed[i]), _num(sim[i]), _num(lal[i]))
+            for i, k in enumerate(keys)]
+
+
+def _num(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,88 @@
+"""``broaden status``: the round table and, per strategy, how often its picks were bad cases.
+
+A *bad case* is a labelled item the model that selected it got wrong (resolved label ≠ argmax of the
+probabilities it was selected with). Its yield is reported with the Beta(1 + bad, 1 + good) posterior
+mean and central 90 % interval, so a team can see whether one strategy finds errors more often than
+another before moving budget to it.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from broaden.rounds.resolve import beta_yield, resolve_votes
+from broaden.rounds.workspace import Workspace
+
+EVAL_KEYS = ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")
+
+
+def status(ws: Workspace, *, level: float = 0.9) -> dict:
+    with ws.ledger() as ledger:
+        rounds, items, votes = ledger.rounds(), ledger.items(), ledger.votes()
+        counts = ledger.counts()
+    resolved = resolve_votes(votes)
+    per_round: dict[int, dict] = defaultdict(lambda: {"selected": 0, "labelled": 0, "tied": 0, "pending": 0})
+    tally: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])  # (round, strategy) -> [labelled, bad]
+    for it in items:
+        row = per_round[it["round"]]
+        row["selected"] += 1
+        res = resolved.get((it["item_key"], it["round"]))
+        if res is None:
+            row["pending"] += 1
+        elif res.tie:
+            row["tied"] += 1
+        else:
+            row["labelled"] += 1
+            if it["pred"] is not None:
+                t = tally[(it["round"], it["strategy"])]
+                t[0] += 1
+                t[1] += int(res.label != it["pred"])
+    table = []
+    for r in rounds:
+        metrics = json.loads(r["metrics"]) if r["metrics"] else {}
+        evaluation = metrics.get("eval") or {}
+        table.append({
+            "round": r["round"], "status": r["status"], "created_at": r["created_at"],
+            "finished_at": r["finished_at"], "pool": r["pool"], "strategy": r["strategy"], "budget": r["budget"],
+            "model_id": r["model_id"], "embedding_version": r["embedding_version"],
+            **per_round[r["round"]],
+            "trained_model": (metrics.get("model") or {}).get("id"),
+            "metrics": {k: evaluation.get(k) for k in EVAL_KEYS} if evaluation else None,
+        })
+    overall: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_round: dict[int, dict[str, dict]] = defaultdict(dict)
+    for (rnd, name), (n, bad) in sorted(tally.items()):
+        overall[name][0] += n
+        overall[name][1] += bad
+        by_round[rnd][name] = beta_yield(bad, n, level).to_dict()
+    return {
+        "workspace": str(ws.path), "level": level, "rounds": table,
+        "strategies": {name: beta_yield(bad, n, level).to_dict() for name, (n, bad) in sorted(overall.items())},
+        "strategies_by_round": {str(k): v for k, v in sorted(by_round.items())},
+        "votes": counts["annotations"], "imports": counts["imports"],
+    }
+
+
+def print_status(report: dict) -> None:
+    from rich.table import Table
+
+    from broaden.reporting.tables import fmt, make_console
+
+    console = make_console()
+    t = Table(title=f"rounds of {report['workspace']}", header_style="bold")
+    for name in ("round", "status", "strategy", "model", "emb. version", "selected", "labelled", "tied",
+                 "pending", "AUC", "macro-F1", "MC loss"):
+        t.add_column(name, justify="right" if name not in ("status", "strategy", "model", "emb. version") else "left")
+    for r in report["rounds"]:
+        m = r["metrics"] or {}
+        t.add_row(str(r["round"]), r["status"], r["strategy"], r["model_id"], r["embedding_version"],
+                  str(r["selected"]), str(r["labelled"]), str(r["tied"]), str(r["pending"]),
+                  fmt(m.get("auc")), fmt(m.get("macro_f1")), fmt(m.get("multiclass_loss")))
+    console.print(t)
+    pct = round(report["level"] * 100)
+    y = Table(title="bad-case yield per strategy (labelled items the selecting model got wrong)", header_style="bold")
+    for name in ("strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"):
+        y.add_column(name, justify="left" if name == "strategy" else "right")
+    for name, s in report["strategies"].items():
+        y.add_row(name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")
+    console.print(y)

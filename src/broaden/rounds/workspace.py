@@ -1,0 +1,298 @@
+"""An annotation workspace: a folder with the config, the SQLite ledger and one sub-folder per round.
+
+Layout::
+
+    WORKSPACE/config.yaml                 settings (docs/rounds.md)
+    WORKSPACE/ledger.sqlite               the ledger (WAL mode; -wal/-shm files beside it)
+    WORKSPACE/rounds/0001/batch.parquet   the selected rows: pool columns + strategy, score, provenance
+    WORKSPACE/rounds/0001/export/         batch.csv, batch.jsonl, tasks.json, labeling_config.xml
+    WORKSPACE/rounds/0001/pool.scored.parquet   only when the pool came without probabilities
+    WORKSPACE/models/round-0001/          the classifier trained by ``round finish``
+
+Every command that changes the workspace holds an exclusive ``flock`` on ``WORKSPACE/.lock`` (released
+by the kernel when the process dies), so two commands never interleave and a crash never leaves it held.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from broaden import io
+from broaden.errors import BroadenError
+from broaden.rounds.config import ConfigError, WorkspaceConfig, dump_config, load_config
+from broaden.rounds.formats import data_fields, write_batch_exports
+from broaden.rounds.ledger import Ledger, now
+from broaden.rounds.resolve import resolve_votes
+from broaden.rounds.schema import LedgerError
+
+CONFIG_FILE = "config.yaml"
+LEDGER_FILE = "ledger.sqlite"
+EMBEDDING_VERSION_KEY = b"broaden.embedding_version"
+MODEL_ID_KEY = b"broaden.model_id"
+UNVERSIONED = "unversioned"
+EXPORT_FILES = ("batch.csv", "batch.jsonl", "tasks.json", "labeling_config.xml")
+
+
+class WorkspaceError(BroadenError):
+    """The workspace is missing, already exists, or a request does not fit its state."""
+
+
+Selector = Callable[..., pa.Table]
+ClassifierFactory = Callable[[WorkspaceConfig], object]
+
+
+class Workspace:
+    """A workspace folder. ``selector`` and ``classifier_factory`` default to :func:`broaden.select.select`
+    and :class:`broaden.classifier.EmbeddingClassifier`; a team can plug in its own."""
+
+    def __init__(self, path: str | os.PathLike, *, selector: Selector | None = None,
+                 classifier_factory: ClassifierFactory | None = None):
+        self.path = Path(path)
+        if not (self.path / LEDGER_FILE).exists():
+            raise WorkspaceError(f"{self.path}: not a broaden workspace (no {LEDGER_FILE}); run `broaden init` first")
+        self.config = load_config(self.path / CONFIG_FILE)
+        self._selector = selector
+        self._classifier_factory = classifier_factory
+
+    # --------------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: WorkspaceConfig, **kwargs) -> Workspace:
+        root = Path(path)
+        if (root / LEDGER_FILE).exists():
+            raise WorkspaceError(f"{root}: already a workspace (found {LEDGER_FILE}); nothing changed")
+        if root.exists() and any(p for p in root.iterdir() if p.name != ".lock"):
+            raise WorkspaceError(f"{root}: folder exists and is not empty; choose a new folder for the workspace")
+        root.mkdir(parents=True, exist_ok=True)
+        with _locked(root):
+            io.write_text(dump_config(config), root / CONFIG_FILE)
+            # The ledger is created last: its presence is what marks a finished init.
+            tmp = root / f".{LEDGER_FILE}.init"
+            tmp.unlink(missing_ok=True)
+            with Ledger.open(tmp, create=True) as ledger:
+                ledger.set_meta({"created_at": now(), "config": json.dumps(config.to_dict())})
+                ledger.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                ledger.conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to rename
+            os.replace(tmp, root / LEDGER_FILE)
+            io._fsync_dir(root)
+        return cls(root, **kwargs)
+
+    # ------------------------------------------------------------------------------------ state
+    @contextlib.contextmanager
+    def ledger(self) -> Iterator[Ledger]:
+        with Ledger.open(self.path / LEDGER_FILE) as ledger:
+            yield ledger
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Ledger]:
+        """Exclusive access for a mutating command; repairs what an earlier crash left half done."""
+        with _locked(self.path), self.ledger() as ledger:
+            self.repair(ledger)
+            yield ledger
+
+    def round_dir(self, number: int) -> Path:
+        return self.path / "rounds" / f"{number:04d}"
+
+    def batch_path(self, number: int) -> Path:
+        return self.round_dir(number) / "batch.parquet"
+
+    def export_dir(self, number: int) -> Path:
+        return self.round_dir(number) / "export"
+
+    def repair(self, ledger: Ledger) -> list[Path]:
+        """Re-create the annotator files of open rounds that a crash after the ledger commit left unwritten.
+
+        The batch file is written before the round is committed, so it always exists for a recorded
+        round; its ids are checked against the ledger before anything is derived from it.
+        """
+        written: list[Path] = []
+        for number in ledger.open_rounds():
+            if all((self.export_dir(number) / f).exists() for f in EXPORT_FILES):
+                continue
+            batch = self.read_batch(number, ledger)
+            written += list(self.write_exports(number, batch).values())
+        return written
+
+    def read_batch(self, number: int, ledger: Ledger | None = None) -> pa.Table:
+        path = self.batch_path(number)
+        if not path.exists():
+            raise LedgerError(f"{path}: batch file of round {number} is missing; the ledger records it")
+        table = pq.read_table(path)
+        if ledger is not None:
+            want = sorted(r["item_key"] for r in ledger.items(number))
+            have = sorted(key_strings(table.column(self.config.cols.id)))
+            if want != have:
+                raise LedgerError(f"{path}: ids differ from the ledger's round {number} "
+                                  f"({len(have)} in the file, {len(want)} in the ledger)")
+        return table
+
+    def write_exports(self, number: int, batch: pa.Table) -> dict[str, Path]:
+        cfg = self.config
+        text, media = data_fields(batch.schema, id_col=cfg.cols.id, text_fields=cfg.text_fields,
+                                  media_fields=cfg.media_fields, skip=(cfg.embedding_version_col,))
+        return write_batch_exports(batch, self.export_dir(number), round=number, class_names=cfg.class_names,
+                                   id_col=cfg.cols.id, text=text, media=media)
+
+    # --------------------------------------------------------------------------- plug-in points
+    def select(self, *args, **kwargs) -> pa.Table:
+        if self._selector is None:
+            from broaden.select import select
+
+            self._selector = select
+        return self._selector(*args, **kwargs)
+
+    def new_classifier(self):
+        if self._classifier_factory is not None:
+            return self._classifier_factory(self.config)
+        from broaden.classifier import EmbeddingClassifier
+
+        return EmbeddingClassifier(**{"seed": self.config.seed, **self.config.classifier})
+
+    def load_classifier(self, path: Path):
+        if self._classifier_factory is not None:
+            return type(self._classifier_factory(self.config)).load(path)
+        from broaden.classifier import EmbeddingClassifier
+
+        return EmbeddingClassifier.load(path)
+
+    def current_model(self, ledger: Ledger) -> dict | None:
+        """The classifier that scores unscored pools: the last one ``round finish`` trained, else the
+        config's ``model``. A dict with path, id and the embedding version it was trained on."""
+        for row in reversed(ledger.rounds()):
+            model = json.loads(row["metrics"] or "{}").get("model")
+            if model and model.get("path"):
+                return model | {"path": str(self.path / model["path"])}
+        if self.config.model:
+            path = Path(self.config.model)
+            return {"path": str(path), "id": self.config.model_id or model_id(path),
+                    "embedding_version": self.config.embedding_version or UNVERSIONED}
+        return None
+
+    # --------------------------------------------------------------------------------- labelled
+    def labeled_table(self, ledger: Ledger, *, include_initial: bool = True) -> pa.Table:
+        """Everything labelled so far: the config's initial labelled table plus every workspace item whose
+        votes resolve to a label (majority; ties left out). Columns: id (as text), label, probs (as
+        scored when selected: out-of-sample), embedding, embedding_version, round, strategy."""
+        cfg, cols = self.config, self.config.cols
+        resolved = resolve_votes(ledger.votes())
+        parts = []
+        by_round: dict[int, dict[str, int]] = {}
+        for (key, rnd), res in resolved.items():
+            if res.label is not None:
+                by_round.setdefault(rnd, {})[key] = res.label
+        for rnd in sorted(by_round):
+            batch = pq.read_table(self.batch_path(rnd))
+            keys = key_strings(batch.column(cols.id))
+            labels = by_round[rnd]
+            take = [i for i, k in enumerate(keys) if k in labels]
+            sub = batch.take(pa.array(take, pa.int64()))
+            version = ledger.round(rnd)["embedding_version"]
+            parts.append(_labeled_part(sub, [labels[keys[i]] for i in take], cols, version, rnd, cfg.num_classes))
+        if include_initial and cfg.labeled:
+            init = io.read_table(cfg.labeled, validator=io.Validator(
+                columns=cols, require=("id", "label", "embedding"), num_classes=cfg.num_classes))
+            keep = io.labels_array(init.column(cols.label)) >= 0
+            init = init.filter(pa.array(keep))
+            version = embedding_version(cfg.labeled, init, cfg)
+            parts.append(_labeled_part(init, io.labels_array(init.column(cols.label)).tolist(), cols, version, 0,
+                                       cfg.num_classes))
+        if not parts:
+            return _labeled_schema(cols).empty_table()
+        return pa.concat_tables(parts, promote_options="default")
+
+
+# ------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another broaden command on {root} to finish …", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def key_strings(arr: pa.Array | pa.ChunkedArray) -> list[str]:
+    """The ledger's text key of each id (``str(id)``), for integer and string id columns alike."""
+    return [str(v) for v in io._combine(arr).to_pylist()]
+
+
+def _labeled_schema(cols: io.Columns) -> pa.Schema:
+    return pa.schema([(cols.id, pa.string()), (cols.label, pa.int64()), (cols.probs, pa.list_(pa.float32())),
+                      (cols.embedding, pa.list_(pa.float32())), ("embedding_version", pa.string()),
+                      ("round", pa.int64()), ("strategy", pa.string())])
+
+
+def _labeled_part(table: pa.Table, labels: list[int], cols: io.Columns, version: str, rnd: int,
+                  num_classes: int) -> pa.Table:
+    n = table.num_rows
+    probs = (table.column(cols.probs).cast(pa.list_(pa.float32())) if cols.probs in table.column_names
+             else pa.nulls(n, pa.list_(pa.float32())))
+    strategy = table.column("strategy") if "strategy" in table.column_names else pa.array(["initial"] * n)
+    return pa.table({
+        cols.id: pa.array(key_strings(table.column(cols.id)), pa.string()),
+        cols.label: pa.array(labels, pa.int64()),
+        cols.probs: probs,
+        cols.embedding: table.column(cols.embedding).cast(pa.list_(pa.float32())),
+        "embedding_version": pa.array([version] * n, pa.string()),
+        "round": pa.array([rnd] * n, pa.int64()),
+        "strategy": strategy.cast(pa.string()),
+    }, schema=_labeled_schema(cols))
+
+
+def embedding_version(path, table_or_none, cfg: WorkspaceConfig) -> str:
+    """The embedding version of a table: its ``embedding_version`` column (one value only), else its
+    Parquet metadata ``broaden.embedding_version``, else the config's ``embedding_version``."""
+    col = cfg.embedding_version_col
+    schema = io.read_schema(path) if path is not None and not isinstance(path, pa.Table) else table_or_none.schema
+    if col in schema.names:
+        if table_or_none is not None and col in table_or_none.column_names:
+            values = pc.unique(table_or_none.column(col)).to_pylist()
+        else:
+            values = sorted({v for b in io.iter_batches(path, columns=[col])
+                             for v in pc.unique(b.column(0)).to_pylist()}, key=str)
+        values = [v for v in values if v is not None]
+        if len(values) > 1:
+            raise WorkspaceError(
+                f"{path}: column {col!r} mixes embedding versions {', '.join(map(str, values))}; one kNN "
+                "search must use one embedding model — re-embed the items with a single version"
+            )
+        if values:
+            return str(values[0])
+    meta = schema.metadata or {}
+    if EMBEDDING_VERSION_KEY in meta:
+        return meta[EMBEDDING_VERSION_KEY].decode()
+    return cfg.embedding_version or UNVERSIONED
+
+
+def model_id(path: Path) -> str:
+    """``<folder name>@<first 12 hex of the SHA-256 over its files>``: changes whenever the weights do."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return f"{Path(path).name}@{h.hexdigest()[:12]}"
+
+
+def matrix(table: pa.Table, column: str) -> np.ndarray:
+    return io.list_matrix(table.column(column), dtype=np.float32)
+
+
+def require_config(value, name: str, what: str) -> str:
+    if not value:
+        raise ConfigError(f"no {name} given: {what}")
+    return value
