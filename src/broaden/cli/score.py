@@ -1,0 +1,46 @@
+"""``broaden score --model RUN --data ITEMS --out SCORED.parquet``: batched inference (DESIGN §5)."""
+from __future__ import annotations
+
+import argparse
+
+from broaden.cli.common import add_column_flags, columns_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score an items table with a trained model, writing the scored table",
+        description="Run a trained model over ITEMS (Parquet file or directory) and write probs, embedding "
+        "(h_cls) and, for vlmae models, audio_attention, carrying the items' other columns (but frames) "
+        "through. Items whose frames or audio cannot be used are listed in the errors file, never dropped "
+        "silently.",
+    )
+    p.add_argument("--model", required=True, help="run directory from `broaden train` (or its model folder)")
+    p.add_argument("--data", required=True, help="items table (Parquet file or directory)")
+    p.add_argument("--out", required=True, help="scored table to write (Parquet)")
+    p.add_argument("--errors-out", default=None,
+                   help="where to list the items that could not be scored (default: OUT.errors.parquet)")
+    p.add_argument("--batch-size", type=int, default=128, help="items per forward pass (default: %(default)s)")
+    p.add_argument("--audio-cache", default=None, help="encoded-audio cache folder (default: RUN/audio_cache)")
+    p.add_argument("--whisper-path", default=None, help="where the frozen Whisper checkpoint is now, if moved")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_column_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from broaden.models.score import score
+
+    result = score(args.model, args.data, args.out, batch_size=args.batch_size, columns=columns_from_args(args),
+                   errors_out=args.errors_out, audio_cache=args.audio_cache, whisper_path=args.whisper_path,
+                   device=args.device, num_threads=args.threads, progress=not args.quiet)
+    console = Console(stderr=True)
+    console.print(f"scored {result.n_scored} item(s) -> {result.out}", highlight=False)
+    if result.n_failed:
+        console.print(f"[yellow]warning:[/] {result.n_failed} item(s) could not be scored; reasons in "
+                      f"{result.errors_path}", highlight=False)
+    return 0
