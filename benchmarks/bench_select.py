@@ -1,0 +1,123 @@
+"""Selection benchmark (issue 3): ``broaden select --strategy entropy --budget 100000`` on a 10M-row,
+4-class pool, against a pandas read-all-then-sort baseline measured in the same run. Not a unit test.
+
+Both run as separate subprocesses under ``/usr/bin/time`` (wall time and peak RSS of exactly that
+process). The baseline reads the whole pool into a DataFrame, scores entropy, sorts by (score desc,
+id asc) and writes the top rows; the two selections must contain the same ids (checked). Targets: at
+least 3× faster than the baseline, peak RSS under 1.5 GB. HW batch mining of the same budget is timed too
+(informational).
+
+The pool (10 Parquet files × 1M rows: ``id`` int64, ``label`` all null, ``probs`` list<float32>[4]) is
+generated once, deterministically, under $BROADEN_BENCH_DIR (default /tmp/broaden-bench) and reused.
+
+    flock /tmp/broaden-heavy.lock .venv/bin/python benchmarks/bench_select.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(os.environ.get("BROADEN_BENCH_DIR", "/tmp/broaden-bench"))
+CLASSES = 4
+FILES = 10
+
+BASELINE = r"""
+import sys, numpy as np, pandas as pd
+pool, out, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+df = pd.read_parquet(pool)
+p = np.stack(df["probs"].to_numpy()).astype(np.float64)
+with np.errstate(divide="ignore", invalid="ignore"):
+    df["score"] = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+top = df.sort_values(["score", "id"], ascending=[False, True]).head(budget)
+top.to_parquet(out)
+"""
+
+
+def generate(rows: int) -> Path:
+    folder = ROOT / f"select-pool-{rows}"
+    marker = folder / "_DONE.json"
+    spec = {"rows": rows, "classes": CLASSES, "files": FILES, "version": 1}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in folder.glob("*.parquet"):
+        f.unlink()
+    t0 = time.perf_counter()
+    per = -(-rows // FILES)
+    for i, start in enumerate(range(0, rows, per)):
+        n = min(per, rows - start)
+        rng = np.random.default_rng([i, 2024])
+        # A peaked Dirichlet per row (the predicted class varies), so entropies spread over 0 … log 4.
+        alpha = np.full((n, CLASSES), 0.4)
+        alpha[np.arange(n), rng.integers(0, CLASSES, n)] = 4.0
+        probs = rng.gamma(alpha)
+        probs /= probs.sum(axis=1, keepdims=True)
+        flat = pa.array(probs.astype(np.float32).ravel())
+        offsets = pa.array(np.arange(0, (n + 1) * CLASSES, CLASSES, dtype=np.int32))
+        table = pa.table({
+            "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "label": pa.nulls(n, pa.int64()),
+            "probs": pa.ListArray.from_arrays(offsets, flat),
+        })
+        pq.write_table(table, folder / f"part-{i:03d}.parquet", compression="zstd")
+    marker.write_text(json.dumps(spec))
+    print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f} s → {folder}", file=sys.stderr)
+    return folder
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one subprocess, from /usr/bin/time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", tf.name, *cmd], check=True,
+                       stdout=subprocess.DEVNULL)
+        wall, rss_kb = tf.read().split()[-2:]
+    return float(wall), float(rss_kb) / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--budget", type=int, default=100_000)
+    ap.add_argument("--hw", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time HW batch mining of the same budget (informational; no baseline)")
+    args = ap.parse_args()
+    pool = generate(args.rows)
+    out_dir = ROOT / "select-out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours_out, base_out = out_dir / "broaden.parquet", out_dir / "pandas.parquet"
+
+    ours = measure([sys.executable, "-m", "broaden", "select", str(pool), "--strategy", "entropy",
+                    "--budget", str(args.budget), "--out", str(ours_out)])
+    base = measure([sys.executable, "-c", BASELINE, str(pool), str(base_out), str(args.budget)])
+
+    a = pq.read_table(ours_out, columns=["id"]).column("id").to_numpy()
+    b = pq.read_table(base_out, columns=["id"]).column("id").to_numpy()
+    same_set = set(a.tolist()) == set(b.tolist())
+    same_order = bool(np.array_equal(a, b))
+    speedup = base[0] / ours[0]
+    print(f"pool: {args.rows:,} rows × {CLASSES} classes in {FILES} Parquet files; budget {args.budget:,}")
+    print(f"broaden select  wall {ours[0]:7.2f} s   peak RSS {ours[1]:8.0f} MB")
+    print(f"pandas baseline wall {base[0]:7.2f} s   peak RSS {base[1]:8.0f} MB")
+    print(f"speed-up {speedup:.2f}x (target >= 3x: {'PASS' if speedup >= 3 else 'FAIL'}); "
+          f"RSS ratio {ours[1] / base[1]:.2f}; broaden RSS {ours[1] / 1024:.2f} GB "
+          f"(target < 1.5 GB: {'PASS' if ours[1] < 1536 else 'FAIL'})")
+    print(f"same selected ids as baseline: {same_set}; same order: {same_order}")
+    if args.hw:
+        hw = measure([sys.executable, "-m", "broaden", "select", str(pool), "--strategy", "hw", "--budget",
+                      str(args.budget), "--easy-share", "0.2", "--skip-top", "0.01", "--out", str(out_dir / "hw.parquet")])
+        print(f"broaden select --strategy hw (easy 20 %, skip top 1 %) wall {hw[0]:7.2f} s   peak RSS {hw[1]:8.0f} MB")
+    return 0 if same_set else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

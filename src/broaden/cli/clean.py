@@ -1,0 +1,36 @@
+"""``broaden clean``: rank likely mislabelled rows of a labelled table (calls broaden.select.clean)."""
+from __future__ import annotations
+
+import argparse
+
+from broaden.cli.common import add_column_flags, columns_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from broaden.select.clean import METHODS, QUALITY_SCORES
+
+    p = subparsers.add_parser(
+        "clean", help="rank likely mislabelled items of a labelled table (confident learning)",
+        description="Flag labelled rows whose label disagrees with out-of-sample probabilities (cleanlab) "
+        "and write them worst first. Refuses an evaluation split: a 'split' column valued "
+        "test/eval/evaluation/val/valid/validation/dev/holdout, 'broaden.split' Parquet metadata naming one, "
+        "or such a token in the file name.",
+    )
+    p.add_argument("labeled", help="labelled scored table (Parquet file or directory); probs must be out-of-sample")
+    p.add_argument("--out", required=True, help="output Parquet file of flagged rows (written atomically)")
+    p.add_argument("--max-share", type=float, help="flag only the worst suspects needed so that at most this "
+                   "share of the labelled rows stays suspect (default: flag all)")
+    p.add_argument("--method", default="prune_by_noise_rate", choices=METHODS, help="cleanlab filter_by")
+    p.add_argument("--score", default="self_confidence", choices=QUALITY_SCORES, help="label quality score for ranking")
+    p.add_argument("--logits", action="store_true", help="the probability column holds raw scores (softmaxed)")
+    add_column_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from broaden.select.clean import clean
+
+    table = clean(args.labeled, out=args.out, columns=columns_from_args(args), max_share=args.max_share,
+                  method=args.method, score=args.score, logits=args.logits)
+    print(f"wrote {table.num_rows} suspected mislabels to {args.out}")
+    return 0

@@ -1,0 +1,58 @@
+"""``broaden select``: choose the next items to label (parses arguments, calls broaden.select.select)."""
+from __future__ import annotations
+
+import argparse
+
+from broaden.cli.common import add_column_flags, columns_from_args
+
+
+# Strategy options: flag → (option name, type, help). Unset flags are not passed, so defaults live in the API.
+OPTIONS = {
+    "--committee-cols": ("committee_cols", str, "qbc: comma-separated committee probability columns"),
+    "--qbc-measure": ("qbc_measure", str, "qbc: vote_entropy (default) or kl (mean KL to consensus)"),
+    "--proportions": ("proportions", str, "hw: class weights '0.4,0.3,0.2,0.1' or '0:0.5,3:0.5' "
+                      "(default: the pool's predicted-class distribution with --floor)"),
+    "--floor": ("floor", float, "hw: minimum share of each present class in the default proportions (0.05)"),
+    "--easy-share": ("easy_share", float, "hw: share of easier items (0.2)"),
+    "--easy-source": ("easy_source", str, "hw: 'band' (default) or a weaker model's probability column"),
+    "--easy-band": ("easy_band", str, "hw: normalised-entropy band 'lo,hi' for easy items (0.2,0.6)"),
+    "--skip-top": ("skip_top", float, "hw: skip this fraction of each class's most ambiguous items (0)"),
+    "--uncertainty": ("uncertainty", str, "hw: entropy (default), margin or least_confident"),
+    "--dirty-bound": ("dirty_bound", float, "hw + --labeled: relabel the worst suspected mislabels until "
+                      "at most this share of the labelled set is suspect"),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "select", help="choose the next items to label from a scored pool",
+        description="Choose BUDGET pool items with one strategy or a mix such as "
+        "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, hw, "
+        "lsb, lsb-lt (the last two need --labeled).",
+    )
+    p.add_argument("pool", help="scored pool: a Parquet file or a directory of Parquet files")
+    p.add_argument("--strategy", required=True, help="strategy name or mix 'name:share,...' (shares sum to 1)")
+    p.add_argument("--budget", type=int, required=True, help="number of items to select")
+    p.add_argument("--out", required=True, help="output Parquet file (written atomically)")
+    p.add_argument("--exclude", help="ids to skip: text file (one per line) or Parquet/CSV with an id column")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--labeled", help="labelled scored table (needed by lsb, lsb-lt; used by hw)")
+    p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
+    add_column_flags(p)
+    for flag, (_, typ, text) in OPTIONS.items():
+        p.add_argument(flag, type=typ, help=text)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from broaden.select import select
+
+    options = {name: getattr(args, name) for name, _, _ in OPTIONS.values() if getattr(args, name) is not None}
+    table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
+                   labeled=args.labeled, columns=columns_from_args(args), out=args.out, batch_size=args.batch_size,
+                   **options)
+    counts = {}
+    for name in table.column("strategy").to_pylist():
+        counts[name] = counts.get(name, 0) + 1
+    print(f"wrote {table.num_rows} rows to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    return 0

@@ -1,0 +1,204 @@
+"""``select``: fill a labelling budget from one strategy or a mix of them (DESIGN.md §5 ``broaden select``).
+
+Mix semantics (``"entropy:0.6,margin:0.2,random:0.2"`` or ``{"entropy": 0.6, ...}``):
+
+* Shares are fractions of the budget summing to 1 (a single name means the whole budget; names without
+  shares split it equally). Slot counts are rounded by largest remainder, so they sum exactly to the
+  budget; remainders tie in spec order.
+* Strategies run in spec order. Each one skips ``exclude`` and every id an earlier strategy chose, so an
+  item counts once, under the first strategy that chose it, and the slot goes to the next best item of
+  the later strategy.
+* A strategy that runs out of eligible items (e.g. ``lsb`` finding fewer neighbours than its share)
+  passes its shortfall to the strategies after it, in order; what is still missing after the last one
+  goes back to the earlier strategies that did not run out, in spec order. If every strategy runs out
+  before the budget is filled, that is an error naming the shortfall.
+* A budget larger than the eligible pool (rows minus excluded ids) is an error that says so.
+
+The output has ``id``, ``strategy``, ``score``, ``rank`` (1 = the strategy's best pick) and every other
+pool column; a pool column named ``strategy``/``score``/``rank`` is kept as ``pool_<name>``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.io import DEFAULT_COLUMNS, Columns, write_table
+from broaden.select.pool import (
+    BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, pool_rows, read_ids,
+)
+from broaden.select.registry import SelectContext, check_labeled, get_strategy
+
+OUTPUT_COLUMNS = ("strategy", "score", "rank")
+
+
+def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
+    """``"entropy:0.6,margin:0.4"`` (or a dict) → [(name, share), …] with shares summing to 1."""
+    if isinstance(spec, Mapping):
+        items = [(str(k).strip(), v) for k, v in spec.items()]
+    else:
+        items = []
+        for part in str(spec).split(","):
+            if not part.strip():
+                continue
+            name, _, share = part.partition(":")
+            items.append((name.strip(), share.strip() or None))
+    if not items or any(not name for name, _ in items):
+        raise SelectionError(f"empty strategy name in {spec!r}; expected e.g. 'entropy' or 'entropy:0.8,random:0.2'")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise SelectionError(f"strategy listed twice in {spec!r}")
+    given = [s for _, s in items if s is not None]
+    if not given:
+        return [(n, 1.0 / len(items)) for n in names]
+    if len(given) != len(items):
+        raise SelectionError(f"give a share to every strategy in {spec!r} (or to none, for equal shares)")
+    try:
+        shares = [float(s) for _, s in items]
+    except ValueError as exc:
+        raise SelectionError(f"bad share in {spec!r}: {exc}") from exc
+    if any(not math.isfinite(s) or s < 0 for s in shares):
+        raise SelectionError(f"shares must be finite and >= 0 in {spec!r}")
+    total = sum(shares)
+    if abs(total - 1.0) > 1e-6:
+        raise SelectionError(f"shares in {spec!r} sum to {total:g}; they are fractions of the budget and must sum to 1")
+    return list(zip(names, shares))
+
+
+def largest_remainder(total: int, weights) -> np.ndarray:
+    """Integer counts proportional to ``weights`` that sum exactly to ``total`` (Hamilton's method;
+    remainder ties go to the earlier entry)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if total <= 0 or w.sum() <= 0:
+        return np.zeros(len(w), dtype=np.int64)
+    exact = total * w / w.sum()
+    counts = np.floor(exact + 1e-9).astype(np.int64)
+    left = total - int(counts.sum())
+    if left > 0:
+        order = np.lexsort((np.arange(len(w)), -(exact - counts)))
+        counts[order[:left]] += 1
+    return counts
+
+
+def _as_idset(exclude, columns: Columns) -> IdSet:
+    if exclude is None:
+        return IdSet()
+    if isinstance(exclude, IdSet):
+        return exclude
+    if isinstance(exclude, (str, os.PathLike)):
+        return IdSet(read_ids(exclude, id_col=columns.id))
+    return IdSet(exclude if isinstance(exclude, np.ndarray) else list(exclude))
+
+
+def select(
+    pool: str | os.PathLike | pa.Table,
+    strategy: str | Mapping[str, float],
+    budget: int,
+    *,
+    exclude=None,
+    seed: int = 0,
+    labeled: str | os.PathLike | pa.Table | None = None,
+    columns: Columns = DEFAULT_COLUMNS,
+    out: str | os.PathLike | None = None,
+    batch_size: int = BATCH_SIZE,
+    **options,
+) -> pa.Table:
+    """Choose ``budget`` pool items to label next with a strategy or a mix (see module docstring).
+
+    ``exclude`` is ids (any iterable) or a file of ids (txt, one per line; Parquet/CSV with an id
+    column). ``options`` go to every strategy (e.g. ``committee_cols=[...]`` for qbc). Writes ``out``
+    atomically when given.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise SelectionError(f"budget must be a positive integer, got {budget!r}")
+    plan = parse_spec(strategy)
+    strategies = [get_strategy(name) for name, _ in plan]
+    user_exclude = _as_idset(exclude, columns)
+    ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
+                        options=dict(options), batch_size=batch_size)
+    for s in strategies:
+        check_labeled(s, ctx)
+
+    total = pool_rows(pool)
+    excluded = count_present(pool, columns, user_exclude, batch_size)
+    eligible = total - excluded
+    if budget > eligible:
+        raise SelectionError(
+            f"budget {budget} is larger than the eligible pool: {total} rows"
+            + (f", {excluded} of them excluded" if excluded else "") + f", {eligible} eligible"
+        )
+
+    quotas = largest_remainder(budget, [share for _, share in plan])
+    chosen = user_exclude.union(())
+    picks: list[tuple[str, np.ndarray, np.ndarray]] = []
+    exhausted = [False] * len(plan)
+    carry = 0
+
+    def run(i: int, want: int) -> int:
+        s = strategies[i]
+        ctx.exclude = chosen
+        ids, scores = s.fn(pool, want, ctx)
+        ids, scores = np.asarray(ids), np.asarray(scores, dtype=np.float64)
+        # Guard against a plugin returning excluded or repeated ids: an item counts once.
+        fresh = ~chosen.contains(ids) if len(ids) else np.zeros(0, bool)
+        _, first = np.unique(ids, return_index=True)
+        fresh &= np.isin(np.arange(len(ids)), first)
+        ids, scores = ids[fresh][:want], scores[fresh][:want]
+        chosen.add(ids)
+        if len(ids):
+            picks.append((s.name, ids, scores))
+        if len(ids) < want:
+            exhausted[i] = True
+        return want - len(ids)
+
+    for i, q in enumerate(quotas):
+        want = int(q) + carry
+        carry = run(i, want) if want else 0
+    for i in range(len(plan)):
+        if carry and not exhausted[i]:
+            carry = run(i, carry)
+    if carry:
+        raise SelectionError(
+            f"strategies {', '.join(n for n, _ in plan)} found only {budget - carry} eligible items for a "
+            f"budget of {budget}; add a fallback such as ',entropy:0.1' to the mix or lower the budget"
+        )
+    order = {name: i for i, (name, _) in enumerate(plan)}
+    picks.sort(key=lambda p: order[p[0]])  # stable: a refill follows its strategy's first picks
+    table = _assemble(pool, columns, picks, batch_size)
+    if out is not None:
+        write_table(table, out)
+    return table
+
+
+def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
+    names, ranks, all_ids, all_scores = [], [], [], []
+    for name, ids, scores in picks:
+        # Several calls for one strategy (shortfall refill) continue its rank numbering.
+        start = sum(len(r) for n, r in zip(names, ranks) if n == name)
+        names.append(name)
+        ranks.append(np.arange(start + 1, start + len(ids) + 1, dtype=np.int64))
+        all_ids.append(ids)
+        all_scores.append(scores)
+    ids = np.concatenate(all_ids)
+    rows = fetch_rows(pool, columns, ids, batch_size)
+    labels = np.concatenate([np.full(len(r), n, dtype=object) for n, r in zip(names, ranks)])
+    front = {
+        columns.id: rows.column(columns.id),
+        "strategy": pa.array(labels.tolist(), type=pa.string()),
+        "score": pa.array(np.concatenate(all_scores)),
+        "rank": pa.array(np.concatenate(ranks)),
+    }
+    arrays, fields = [], []
+    for name, arr in front.items():
+        fields.append(pa.field(name, arr.type))
+        arrays.append(arr)
+    for field in rows.schema:
+        if field.name == columns.id:
+            continue
+        name = f"pool_{field.name}" if field.name in OUTPUT_COLUMNS else field.name
+        fields.append(field.with_name(name))
+        arrays.append(rows.column(field.name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=rows.schema.metadata))

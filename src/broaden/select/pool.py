@@ -1,0 +1,247 @@
+"""Streaming access to a scored pool for selection: validated record batches, id sets, join-back.
+
+A pool is a Parquet file, a directory of Parquet files, or an in-memory ``pa.Table``. Nothing here
+holds more than one record batch of the pool plus the id arrays it is asked to look up.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.errors import BroadenError
+from broaden.io import (
+    Columns, Validator, count_rows, id_keys, iter_batches, parquet_files, read_schema, read_table,
+)
+
+BATCH_SIZE = 65_536
+
+
+class SelectionError(BroadenError, ValueError):
+    """Bad selection request: unknown strategy, bad mix, budget beyond the eligible pool, bad options."""
+
+
+# ------------------------------------------------------------------------------------------ id sets
+class IdSet:
+    """A set of ids looked up by vectorised binary search; matches int ids given as text and vice versa.
+
+    Ids are kept as given (int64 or str); the other form is derived only when a lookup needs it, so a
+    large exclusion list of integer ids never pays for string conversion.
+    """
+
+    def __init__(self, values: Iterable | np.ndarray | None = None):
+        self._ints = np.empty(0, dtype=np.int64)
+        self._strs = np.empty(0, dtype=str)
+        self._as_int: np.ndarray | None = None
+        self._as_str: np.ndarray | None = None
+        if values is not None:
+            self.add(values)
+
+    def add(self, values) -> IdSet:
+        # numpy infers int64 for all-int input and str for anything mixed with text.
+        arr = np.asarray(values if isinstance(values, np.ndarray) else list(values))
+        if arr.size == 0:
+            return self
+        if np.issubdtype(arr.dtype, np.integer):
+            self._ints = np.union1d(self._ints, arr.astype(np.int64))
+        else:
+            self._strs = np.union1d(self._strs, arr.astype(str))
+        self._as_int = self._as_str = None
+        return self
+
+    def __len__(self) -> int:
+        return len(self._ints) + len(self._strs)
+
+    def _lookup_table(self, want_int: bool) -> np.ndarray:
+        if want_int:
+            if self._as_int is None:
+                parsed = np.asarray([int(s) for s in self._strs.tolist() if _is_int(s)], dtype=np.int64)
+                self._as_int = np.union1d(self._ints, parsed) if parsed.size else self._ints
+            return self._as_int
+        if self._as_str is None:
+            self._as_str = np.union1d(self._strs, self._ints.astype(str)) if self._ints.size else self._strs
+        return self._as_str
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask over ``keys`` (int64 or str keys from :func:`broaden.io.id_keys`)."""
+        if not len(self) or keys.size == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        table = self._lookup_table(np.issubdtype(keys.dtype, np.integer))
+        if table.size == 0:
+            return np.zeros(keys.shape, dtype=bool)
+        pos = np.searchsorted(table, keys)
+        np.minimum(pos, table.size - 1, out=pos)
+        return table[pos] == keys
+
+    def union(self, values) -> IdSet:
+        out = IdSet()
+        out._ints, out._strs = self._ints, self._strs
+        return out.add(values)
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True
+
+
+def read_ids(path: str | os.PathLike, *, id_col: str = "id") -> np.ndarray:
+    """Ids from a file: Parquet or CSV with an ``id_col`` column (or a single column), else text, one per line."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_dir() or suffix == ".parquet":
+        schema = read_schema(p)
+        col = id_col if id_col in schema.names else (schema.names[0] if len(schema.names) == 1 else None)
+        if col is None:
+            raise SelectionError(f"{p}: no column {id_col!r} to read excluded ids from; found {schema.names}")
+        return id_keys(read_table(p, columns=[col]).column(col))
+    if not p.is_file():
+        raise SelectionError(f"{p}: no such file of ids")
+    if suffix == ".csv":
+        from pyarrow import csv
+
+        try:
+            table = csv.read_csv(p)
+        except pa.ArrowInvalid as exc:
+            raise SelectionError(f"{p}: not a readable CSV file ({exc})") from exc
+        col = id_col if id_col in table.schema.names else (table.schema.names[0] if table.num_columns == 1 else None)
+        if col is None:
+            raise SelectionError(f"{p}: no column {id_col!r} to read excluded ids from; found {table.schema.names}")
+        return id_keys(table.column(col).drop_null())
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    return np.asarray([s for s in lines if s and not s.startswith("#")], dtype=str)
+
+
+# ---------------------------------------------------------------------------------------- streaming
+def pool_rows(pool) -> int:
+    return pool.num_rows if isinstance(pool, pa.Table) else count_rows(pool)
+
+
+def pool_names(pool) -> list[str]:
+    return pool.schema.names if isinstance(pool, pa.Table) else read_schema(pool).names
+
+
+def _source(pool) -> str:
+    return "pool table" if isinstance(pool, pa.Table) else str(pool)
+
+
+@contextlib.contextmanager
+def progress(total: int, description: str):
+    """A rich progress bar on stderr (silent when stderr is not a terminal); yields ``advance(n)``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def iter_pool(
+    pool,
+    columns: Columns,
+    *,
+    prob_cols: Sequence[str] = (),
+    extra_cols: Sequence[str] = (),
+    exclude: IdSet | None = None,
+    batch_size: int = BATCH_SIZE,
+    description: str = "scanning pool",
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """Yield (id keys, batch) for the eligible rows of each validated batch (excluded ids removed).
+
+    Reads only the id column, ``prob_cols`` (each validated as a probability column) and ``extra_cols``.
+    Duplicate ids across the whole pool are reported after the last batch.
+    """
+    prob_cols = list(dict.fromkeys(prob_cols))
+    validators = [
+        Validator(columns=replace(columns, probs=col), require=("id", "probs"), check_unique=(i == 0))
+        for i, col in enumerate(prob_cols)
+    ] or [Validator(columns=columns, require=("id",))]
+    read_cols = list(dict.fromkeys([columns.id, *prob_cols, *extra_cols]))
+    missing = [c for c in read_cols if c not in pool_names(pool)]
+    if missing:
+        raise SelectionError(
+            f"{_source(pool)}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(pool_names(pool))}"
+        )
+    if isinstance(pool, pa.Table):
+        raw = ((b, "pool table", off) for b, off in _table_batches(pool.select(read_cols), batch_size))
+    else:
+        raw = _path_batches(pool, read_cols, batch_size)
+    with progress(pool_rows(pool), description) as advance:
+        for batch, source, offset in raw:
+            for v in validators:
+                batch = v(batch, source, offset)
+            keys = id_keys(batch.column(columns.id))
+            if exclude is not None and len(exclude):
+                keep = ~exclude.contains(keys)
+                if not keep.all():
+                    keys, batch = keys[keep], batch.filter(pa.array(keep))
+            advance(batch.num_rows)
+            yield keys, batch
+    for v in validators:
+        v.finish()
+
+
+def _table_batches(table: pa.Table, batch_size: int):
+    offset = 0
+    for batch in table.to_batches(max_chunksize=batch_size):
+        yield batch, offset
+        offset += batch.num_rows
+
+
+def _path_batches(path, read_cols, batch_size):
+    """Batches with their file and row offset, for error messages that name the row."""
+    for f in parquet_files(path):
+        offset = 0
+        for batch in iter_batches(f, columns=read_cols, batch_size=batch_size):
+            yield batch, str(f), offset
+            offset += batch.num_rows
+
+
+def count_present(pool, columns: Columns, ids: IdSet, batch_size: int = BATCH_SIZE) -> int:
+    """How many pool rows have an id in ``ids`` (reads only the id column)."""
+    if not len(ids):
+        return 0
+    if isinstance(pool, pa.Table):
+        batches = (b for b, _ in _table_batches(pool.select([columns.id]), batch_size))
+    else:
+        batches = (b for b, _, _ in _path_batches(pool, [columns.id], batch_size))
+    return int(sum(ids.contains(id_keys(b.column(0))).sum() for b in batches))
+
+
+def fetch_rows(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_SIZE) -> pa.Table:
+    """The pool rows whose ids are in ``ids``, every column, in the order of ``ids`` (one streaming pass)."""
+    wanted = IdSet(ids)
+    parts, keys = [], []
+    if isinstance(pool, pa.Table):
+        batches = (b for b, _ in _table_batches(pool, batch_size))
+    else:
+        batches = (b for b, _, _ in _path_batches(pool, None, batch_size))
+    with progress(pool_rows(pool), "collecting selected rows") as advance:
+        for batch in batches:
+            k = id_keys(batch.column(columns.id))
+            hit = wanted.contains(k)
+            if hit.any():
+                parts.append(pa.Table.from_batches([batch.filter(pa.array(hit))]))
+                keys.append(k[hit])
+            advance(batch.num_rows)
+    if not parts:
+        schema = pool.schema if isinstance(pool, pa.Table) else read_schema(pool)
+        return schema.empty_table()
+    table = pa.concat_tables(parts, promote_options="default")
+    found = np.concatenate(keys)
+    order = np.argsort(found, kind="stable")
+    want = np.asarray(ids)
+    if not np.issubdtype(want.dtype, np.integer) and np.issubdtype(found.dtype, np.integer):
+        want = want.astype(np.int64)
+    pos = np.searchsorted(found[order], want)
+    return table.take(pa.array(order[np.minimum(pos, len(order) - 1)], type=pa.int64()))

@@ -1,0 +1,90 @@
+"""Strategy registry: name → function ``fn(pool, n, ctx) -> (ids, scores)``, ranked best-first.
+
+A strategy returns up to ``n`` eligible ids (never one in ``ctx.exclude``) with their scores, best
+first. Built-in strategies register on import of :mod:`broaden.select.strategies`; LSB strategies
+(``lsb``, ``lsb-lt``) live in ``broaden.lsb.strategy`` and are imported the first time a name is not
+found, so selection never imports LSB at module load (no import cycle).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.io import DEFAULT_COLUMNS, Columns
+from broaden.select.pool import BATCH_SIZE, IdSet, SelectionError
+
+StrategyFn = Callable[["str | os.PathLike | pa.Table", int, "SelectContext"], tuple[np.ndarray, np.ndarray]]
+# Modules that register strategies on import; tried in order when a name is unknown.
+PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.lsb.strategy")
+
+
+@dataclass
+class SelectContext:
+    """What a strategy needs besides the pool and the count: column names, ids to skip, the seed,
+    the labelled table (path/table/None) and strategy options (e.g. ``committee_cols``)."""
+
+    columns: Columns = DEFAULT_COLUMNS
+    exclude: IdSet = field(default_factory=IdSet)
+    seed: int = 0
+    labeled: str | os.PathLike | pa.Table | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = BATCH_SIZE
+
+    def __post_init__(self):
+        if not isinstance(self.exclude, IdSet):
+            self.exclude = IdSet(self.exclude if self.exclude is not None else ())
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    fn: StrategyFn
+    needs_labeled: bool = False
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False) -> StrategyFn:
+    """Make ``fn`` available as ``--strategy name`` (re-registering a name replaces it)."""
+    _REGISTRY[name] = Strategy(name, fn, needs_labeled)
+    return fn
+
+
+def available_strategies() -> list[str]:
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def _load_plugins() -> None:
+    for module in PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            # Only a missing plugin module is tolerated; a broken import inside one must surface.
+            if exc.name != module and not module.startswith(f"{exc.name}."):
+                raise
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise SelectionError(
+            f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}"
+        )
+    return _REGISTRY[name]
+
+
+def check_labeled(strategy: Strategy, ctx: SelectContext) -> None:
+    if strategy.needs_labeled and ctx.labeled is None:
+        raise SelectionError(
+            f"strategy {strategy.name!r} needs the labelled set: pass --labeled LABELED.parquet "
+            "(labeled= in Python)"
+        )

@@ -1,0 +1,119 @@
+"""Statistical strategies (DESIGN.md §2): random, least_confident, margin, entropy, qbc.
+
+Each is one streaming pass over the pool: a per-batch priority (higher = pick first) feeds the shared
+:class:`~broaden.select.topk.TopK`. Reported scores are the paper's values (margin is reported as the
+margin itself, ranked ascending).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.io import list_matrix
+from broaden.select import scores as S
+from broaden.select.pool import SelectionError, iter_pool
+from broaden.select.registry import SelectContext, register_strategy
+from broaden.select.topk import TopK
+
+Priority = Callable[[np.ndarray, pa.RecordBatch], np.ndarray]
+
+
+def stream_top(
+    pool, n: int, ctx: SelectContext, priority: Priority, *, prob_cols: Sequence[str],
+    extra_cols: Sequence[str] = (), description: str = "scoring pool",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``n`` eligible ids by ``priority(keys, batch)`` (desc, ties by id) in one pass."""
+    top = TopK(n)
+    for keys, batch in iter_pool(pool, ctx.columns, prob_cols=prob_cols, extra_cols=extra_cols,
+                                 exclude=ctx.exclude, batch_size=ctx.batch_size, description=description):
+        top.push(priority(keys, batch), keys)
+    return top.result()
+
+
+def batch_probs(batch: pa.RecordBatch, col: str) -> np.ndarray:
+    return list_matrix(batch.column(col), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------ random keys
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (wrapping uint64 arithmetic), vectorised."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def random_keys(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) key per id, a pure function of (seed, id): random selection is reproducible and
+    independent of how the pool is split into files, batches or shards."""
+    with np.errstate(over="ignore"):
+        base = _mix(np.full(len(keys), np.uint64(seed % 2**64)) + _GOLDEN)
+        if np.issubdtype(keys.dtype, np.integer):
+            h = _mix(base ^ keys.astype(np.int64).view(np.uint64))
+        else:
+            keys = np.asarray(keys, dtype=str)
+            codes = keys.view(np.uint32).reshape(len(keys), -1) if keys.size else np.zeros((0, 0), np.uint32)
+            h = base
+            for j in range(codes.shape[1]):  # numpy pads shorter strings with 0, which never occurs inside one
+                c = codes[:, j].astype(np.uint64)
+                h = np.where(c != 0, _mix((h ^ c) + _GOLDEN), h)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def random_strategy(pool, n: int, ctx: SelectContext):
+    """Uniform random sample of the eligible pool: the ``n`` highest seeded hash keys (score = the key)."""
+    return stream_top(pool, n, ctx, lambda keys, batch: random_keys(keys, ctx.seed), prob_cols=(),
+                      description="random sample")
+
+
+# ------------------------------------------------------------------------------------ uncertainty
+def uncertainty_strategy(kind: str):
+    """Eq. 8/9/10 strategy: most uncertain first under ``kind`` (least_confident, margin, entropy)."""
+    score, sign = S.UNCERTAINTY[kind], S.UNCERTAINTY_SIGN[kind]
+
+    def run(pool, n: int, ctx: SelectContext):
+        ids, pri = stream_top(pool, n, ctx, lambda keys, batch: sign * score(batch_probs(batch, ctx.columns.probs)),
+                              prob_cols=[ctx.columns.probs], description=f"{kind} scores")
+        return ids, sign * pri
+
+    run.__name__ = f"{kind}_strategy"
+    run.__doc__ = f"Most uncertain eligible items by {kind} ({score.__doc__.split(':')[0]})."
+    return run
+
+
+# ------------------------------------------------------------------------------------------- qbc
+QBC_MEASURES = {"vote_entropy": S.vote_entropy, "kl": S.kl_to_consensus}
+
+
+def committee_columns(ctx: SelectContext) -> list[str]:
+    cols = ctx.options.get("committee_cols")
+    if isinstance(cols, str):
+        cols = [c.strip() for c in cols.split(",") if c.strip()]
+    if not cols or len(cols) < 2:
+        raise SelectionError(
+            "strategy 'qbc' needs 2 or more committee probability columns: --committee-cols probs_a,probs_b"
+        )
+    return list(cols)
+
+
+def qbc_strategy(pool, n: int, ctx: SelectContext):
+    """Query by committee: most disputed first, by vote entropy (default) or mean KL to the consensus
+    (option ``qbc_measure="kl"``) over the committee members' probability columns."""
+    cols = committee_columns(ctx)
+    measure = ctx.options.get("qbc_measure") or "vote_entropy"
+    if measure not in QBC_MEASURES:
+        raise SelectionError(f"unknown qbc measure {measure!r}; choose one of {', '.join(QBC_MEASURES)}")
+    fn = QBC_MEASURES[measure]
+    return stream_top(pool, n, ctx, lambda keys, batch: fn([batch_probs(batch, c) for c in cols]),
+                      prob_cols=cols, description=f"qbc {measure}")
+
+
+register_strategy("random", random_strategy)
+for _kind in S.UNCERTAINTY:
+    register_strategy(_kind, uncertainty_strategy(_kind))
+register_strategy("qbc", qbc_strategy)
