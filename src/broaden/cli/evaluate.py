@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from broaden.cli.common import add_column_flags, columns_from_args, parse_int_list
 
@@ -26,6 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def short_names(paths: list[str]) -> list[str]:
+    """The fewest trailing path components that still tell the files apart (full paths fold badly)."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(x) for x in parts) + 1):
+        names = [str(Path(*x[-depth:])) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return list(paths)
+
+
 def run(args: argparse.Namespace) -> int:
     from broaden.evaluation import evaluate
     from broaden.metrics import to_jsonable
@@ -40,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         payload = results[0] if len(results) == 1 else [dict(r, file=f) for r, f in zip(results, args.scored)]
         print(json.dumps(to_jsonable(payload), indent=2))
     else:
-        print_metrics_table(dict(zip(args.scored, results)))
+        print_metrics_table(dict(zip(short_names(args.scored), results)))
     return 0
