@@ -434,7 +434,7 @@ def test_lsb_refuses_labelled_items_of_another_embedding_version(world):
 def test_config_errors(world, tmp_path):
     with pytest.raises(ConfigError, match="class_names"):
         init(tmp_path / "a", {"budget": 3})
-    with pytest.raises(ConfigError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown key"):
         init(tmp_path / "b", {"class_names": CLASSES, "budjet": 3})
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("class_names: [a, b]\npool: data/pool.parquet\n")

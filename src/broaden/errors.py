@@ -12,3 +12,7 @@ class ScoredTableError(BroadenError, ValueError):
 
 class DatasetError(BroadenError):
     """A dataset file is missing or does not match its published checksum."""
+
+
+class ConfigError(BroadenError, ValueError):
+    """A configuration file or mapping has an unknown key or a bad value; the message names it."""

@@ -25,14 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broaden.errors import BroadenError
+from broaden.errors import ConfigError
+from broaden.settings import dataclass_from_dict as _build
 
 BACKBONES = ("mome", "hf-text")
 FUSIONS = ("none", "avgpool", "maxpool", "vlmae")
-
-
-class ConfigError(BroadenError, ValueError):
-    """A training/model config is malformed; the message names the file and key."""
 
 
 @dataclass
@@ -165,17 +162,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a table of settings, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
-    try:
-        return cls(**values)
-    except TypeError as exc:  # pragma: no cover - guarded by the unknown-key check
-        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def model_config_from_dict(values: dict, where: str = "model") -> ModelConfig:

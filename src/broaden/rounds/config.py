@@ -8,12 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from broaden.errors import BroadenError
+from broaden.errors import ConfigError
 from broaden.io import Columns
-
-
-class ConfigError(BroadenError):
-    """The workspace configuration is missing a value or holds one of the wrong kind."""
+from broaden.settings import dataclass_from_dict
 
 
 @dataclass
@@ -74,18 +71,9 @@ class WorkspaceConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> WorkspaceConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if "class_names" not in data:
+        if isinstance(data, dict) and "class_names" not in data:
             raise ConfigError(f"{source}: 'class_names' is required (the label of each class index, in order)")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"{source}: {exc}") from exc
+        return dataclass_from_dict(cls, data, source)
 
 
 def load_config(path: str | os.PathLike) -> WorkspaceConfig:
