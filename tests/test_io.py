@@ -178,3 +178,10 @@ def test_stream_writer_discards_partial_output(tmp_path):
         for b in t.to_batches(max_chunksize=3):
             w.write(b)
     assert pq.read_table(path).equals(t)
+
+
+def test_duplicate_id_row_is_counted_within_the_file(tmp_path):
+    path = _write(tmp_path, _table(n=30, ids=np.r_[np.arange(29), 3]))
+    batches = io.iter_batches(path, batch_size=8, validator=io.Validator())
+    with pytest.raises(ScoredTableError, match=r"t\.parquet row 3 and .*t\.parquet row 29"):
+        list(batches)

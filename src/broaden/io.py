@@ -86,7 +86,7 @@ class Validator:
     dim: int | None = None
     check_unique: bool = True
     _ids: list[np.ndarray] = field(default_factory=list, repr=False)
-    _id_sources: list[str] = field(default_factory=list, repr=False)
+    _id_sources: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
     def __call__(self, batch: pa.RecordBatch | pa.Table, source: str, row_offset: int = 0):
         names = batch.schema.names
@@ -197,7 +197,7 @@ class Validator:
             bad = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
             raise ScoredTableError(f"{source}: column {self.columns.id!r} row {row_offset + bad}: id is null")
         self._ids.append(id_keys(arr))
-        self._id_sources.append(source)
+        self._id_sources.append((source, row_offset))
 
     def finish(self) -> None:
         """Run the checks that need the whole table (duplicate ids)."""
@@ -214,10 +214,10 @@ class Validator:
             )
 
 
-def _locate(pos: int, chunks: list[np.ndarray], sources: list[str]) -> str:
-    for chunk, src in zip(chunks, sources):
+def _locate(pos: int, chunks: list[np.ndarray], sources: list[tuple[str, int]]) -> str:
+    for chunk, (src, row_offset) in zip(chunks, sources):
         if pos < len(chunk):
-            return f"{src} row {pos}"
+            return f"{src} row {row_offset + pos}"
         pos -= len(chunk)
     return f"row {pos}"  # pragma: no cover
 

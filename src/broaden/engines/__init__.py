@@ -1,0 +1,90 @@
+"""Execution engines (DESIGN.md §6, §8): where the work over a pool runs — this process or a Ray cluster.
+
+An engine offers four operations over a pool (a Parquet file, a directory of Parquet files or a
+``pa.Table``), and every command that touches the pool (``score``, ``select``, ``lsb``, ``round start``)
+takes one as ``engine=`` (``--engine local|ray [--ray-address ADDR]`` on the command line):
+
+- :meth:`Engine.fold` — a map-reduce over the validated, exclusion-filtered record batches of the pool:
+  ``init() -> state``, ``step(state, keys, batch) -> state``, ``merge(a, b) -> state``. The local engine
+  runs one fold in order; the Ray engine runs one fold per shard in Ray tasks and merges the partial
+  states in shard order, so a fold whose merge is exact (counts, top-k) gives identical results.
+- :meth:`Engine.top_k` — the best ``n`` rows by a per-batch priority with the select package's
+  (score desc, id asc) tie-break: a fold over :class:`broaden.select.topk.TopK`.
+- :meth:`Engine.map_batches` — a function over the pool's batches, results streamed back in row order
+  (batch scoring; Ray Data actors, on GPUs when the cluster has them).
+- :meth:`Engine.build_index` — the kNN structure of :func:`broaden.lsb.knn.build_index`; the Ray engine
+  shards the pool over actors that each build and search their shard's index and merges per-query top-k
+  lists, so exact indexes return exactly the local neighbours.
+
+Ray is an optional extra (``pip install 'broaden[ray]'``); nothing imports it until ``get_engine("ray")``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.errors import BroadenError
+
+ENGINES = ("local", "ray")
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+class EngineError(BroadenError, ValueError):
+    """Bad engine request: unknown engine name, Ray not installed, cluster unreachable."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the pool-touching commands call; see the module docstring."""
+
+    name: str
+
+    def fold(self, pool, columns, *, init: Callable[[], Any], step: Callable[[Any, np.ndarray, pa.RecordBatch], Any],
+             merge: Callable[[Any, Any], Any], prob_cols: Sequence[str] = (), extra_cols: Sequence[str] = (),
+             exclude=None, batch_size: int = ..., description: str = ...) -> Any: ...
+
+    def top_k(self, pool, n: int, columns, priority: Callable[[np.ndarray, pa.RecordBatch], np.ndarray], *,
+              prob_cols: Sequence[str] = (), extra_cols: Sequence[str] = (), exclude=None,
+              batch_size: int = ..., description: str = ...) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def map_batches(self, make_fn: Callable[[str], Callable[[pa.Table], pa.Table]], source, *,
+                    columns: Sequence[str] | None = None, batch_size: int = ..., device: str | None = None,
+                    description: str = ...) -> Iterator[pa.Table]: ...
+
+    def build_index(self, pool, **kwargs) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+def get_engine(name: str | Engine | None = "local", address: str | None = None, **options) -> Engine:
+    """The engine called ``name`` (``"local"`` or ``"ray"``); an :class:`Engine` is returned unchanged.
+
+    For Ray, ``address`` (default: the ``RAY_ADDRESS`` environment variable, else a Ray instance started
+    in this process) names the cluster; ``options`` go to :class:`broaden.engines.ray_engine.RayEngine`.
+    """
+    if name is None:
+        name = "local"
+    if not isinstance(name, str):
+        return name
+    if name == "local":
+        from broaden.engines.local import LocalEngine
+
+        return LocalEngine()
+    if name == "ray":
+        try:
+            from broaden.engines.ray_engine import RayEngine
+        except ModuleNotFoundError as exc:
+            if exc.name != "ray":
+                raise
+            raise EngineError(
+                "--engine ray needs Ray: pip install 'broaden[ray]' (or pip install 'ray[data]>=2.9')"
+            ) from None
+        return RayEngine(address=address if address is not None else os.environ.get(ADDRESS_ENV), **options)
+    raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+__all__ = ["ADDRESS_ENV", "ENGINES", "Engine", "EngineError", "get_engine"]
