@@ -1,0 +1,189 @@
+"""kNN backends (issue 4): exact search equals numpy brute force, approximate ones meet the recall target,
+saved indexes are reused only while the pool is unchanged, `auto` weighs its options."""
+from __future__ import annotations
+
+import os
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from broaden.errors import ScoredTableError
+from broaden.io import make_scored_table, write_table
+from broaden.lsb import BACKENDS, build_index
+from broaden.lsb import knn as knn_mod
+from broaden.lsb.auto import choose
+from broaden.lsb.calibrate import recall_at_k
+
+
+def clustered(rng, n, d=24, clusters=40, spread=0.35, centers=None):
+    centers = rng.normal(size=(clusters, d)) if centers is None else centers
+    return (centers[rng.integers(0, len(centers), n)] + spread * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def brute_force(q, x, k, metric="cosine", allowed=None):
+    """Independent reference: full similarity matrix in numpy (fine at test sizes), ties by position."""
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    if metric == "cosine":
+        q64 /= np.maximum(np.linalg.norm(q64, axis=1, keepdims=True), 1e-30)
+        x64 /= np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), 1e-30)
+        sim = q64 @ x64.T
+    else:
+        sim = -np.sqrt(np.maximum(((q64[:, None, :] - x64[None]) ** 2).sum(-1), 0))
+    if allowed is not None:
+        sim[:, ~allowed] = -np.inf
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sim, order, axis=1)
+
+
+def write_pool(path, ids, x, files=3):
+    path.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(ids)), files)):
+        write_table(make_scored_table(np.asarray(ids)[part], embedding=x[part]), path / f"part-{i}.parquet")
+    return path
+
+
+@pytest.fixture
+def pool_data(rng):
+    centers = rng.normal(size=(40, 24))
+    x = clustered(rng, 6000, centers=centers)
+    q = clustered(rng, 300, centers=centers)
+    ids = np.array([f"item-{i:05d}" for i in range(len(x))])
+    return ids, x, q
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_flat_equals_numpy_brute_force_across_files_and_blocks(tmp_path, pool_data, metric):
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    index = build_index(pool, index="flat", metric=metric, queries=q, k=7, save=False)
+    res = index.search(q, 7, batch_size=1000)  # 6 blocks over 3 files, merged by the heap
+    ref_idx, ref_sim = brute_force(q, x, 7, metric)
+    np.testing.assert_array_equal(res.ids, ids[ref_idx])
+    np.testing.assert_allclose(res.similarity, ref_sim, rtol=1e-4, atol=1e-4)
+
+
+def test_flat_streams_blocks_never_the_whole_pool(tmp_path, pool_data, monkeypatch):
+    ids, x, q = pool_data
+    seen = []
+    real = faiss.knn
+
+    def spy(xq, xb, k, metric=faiss.METRIC_L2):
+        seen.append(len(xb))
+        return real(xq, xb, k, metric=metric)
+
+    monkeypatch.setattr(knn_mod.faiss, "knn", spy)
+    index = build_index(make_scored_table(ids, embedding=x), index="flat", save=False)
+    res = index.search(q, 5, batch_size=500)
+    assert max(seen) <= 500 and sum(seen) == len(x)
+    np.testing.assert_array_equal(res.ids, ids[brute_force(q, x, 5)[0]])
+
+
+def test_exclusion_by_external_id_and_padding(pool_data):
+    ids, x, q = pool_data
+    table = make_scored_table(ids, embedding=x)
+    banned = ids[::3]
+    allowed = ~np.isin(ids, banned)
+    ref_idx, _ = brute_force(q, x, 6, allowed=allowed)
+    for kind in ("flat", "ivf"):
+        index = build_index(table, index=kind, queries=q, k=6, save=False, target_recall=0.999)
+        res = index.search(q, 6, exclude=banned)
+        assert not np.isin(res.ids, banned).any()
+        if kind == "flat":
+            np.testing.assert_array_equal(res.ids, ids[ref_idx])
+    tiny = make_scored_table(np.arange(4), embedding=x[:4])
+    res = build_index(tiny, index="flat").search(q[:2], 6, exclude=[0])
+    assert (res.positions[:, 3:] == -1).all() and set(res.ids[0, :3]) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("kind,params", [("ivf", {"codec": "Flat"}), ("ivf", {"codec": "SQ8"}), ("hnsw", {})])
+def test_approximate_indexes_reach_recall_target(tmp_path, pool_data, kind, params):
+    ids, x, q = pool_data
+    index = build_index(make_scored_table(ids, embedding=x), index=kind, queries=q[:150], k=10,
+                        index_params=params, target_recall=0.95, save=False)
+    res = index.search(q[150:], 10)  # queries the calibration never saw
+    truth = brute_force(q[150:], x, 10)[0]
+    assert recall_at_k(res.positions, truth) >= 0.95
+    assert index.info["calibration"]["reached"] and index.info["calibration"]["recall"] >= 0.95
+    assert index.info["params"]["codec" if kind == "ivf" else "M"] == params.get("codec", 32)
+
+
+def test_ivfpq_reports_recall_it_actually_gets(pool_data):
+    ids, x, q = pool_data
+    # 4-bit sub-quantisers keep the PQ training small enough for a unit test
+    index = build_index(make_scored_table(ids, embedding=x), index="ivfpq", queries=q, k=10, save=False,
+                        index_params={"codec": "PQ6x4"})
+    cal = index.info["calibration"]
+    truth = brute_force(q, x, 10)[0]
+    measured = recall_at_k(index.search(q, 10).positions, truth)
+    assert abs(measured - cal["recall"]) < 0.05  # calibration sample = 256 of these 300 queries
+    assert cal["reached"] == ("warning" not in index.info)
+
+
+def test_saved_index_reused_then_rebuilt_when_pool_changes(tmp_path, pool_data):
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    cache = tmp_path / "cache"
+    first = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache)
+    assert first.info["reused"] is False and os.path.isdir(first.info["index_path"])
+    again = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache)
+    assert again.info["reused"] is True
+    np.testing.assert_array_equal(again.search(q, 5).positions, first.search(q, 5).positions)
+
+    x2 = x[::-1].copy()  # same rows, different order: positions of the old index would be wrong
+    write_pool(tmp_path / "pool", ids, x2)
+    fresh = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache)
+    assert fresh.info["reused"] is False
+    res = fresh.search(q, 5)
+    truth = brute_force(q, x2, 5)[0]
+    assert recall_at_k(res.positions, truth) >= 0.95
+    np.testing.assert_array_equal(res.ids[res.positions == truth], ids[truth][res.positions == truth])
+    assert len(list(cache.iterdir())) == 1  # the stale entry is gone
+
+
+def test_saved_index_default_location_is_beside_the_pool(tmp_path, pool_data):
+    ids, x, q = pool_data
+    pool = tmp_path / "pool.parquet"
+    write_table(make_scored_table(ids, embedding=x), pool)
+    index = build_index(pool, index="hnsw", queries=q[:50], k=5)
+    assert index.info["index_path"].startswith(str(tmp_path / "pool.parquet.lsb-index"))
+
+
+def test_dimension_mismatch_is_a_clear_error(pool_data):
+    ids, x, q = pool_data
+    with pytest.raises(ScoredTableError, match="dimension mismatch.*23.*24"):
+        build_index(make_scored_table(ids, embedding=x), queries=q[:, :23])
+
+
+def test_auto_weighs_build_cost_queries_memory_and_reuse():
+    assert choose(5_000, 384, n_queries=50_000, memory_gb=8, cached={}).backend == "flat"
+    assert choose(1_000_000, 384, n_queries=100, memory_gb=8, cached={}).backend == "flat"
+    big = choose(1_000_000, 384, n_queries=50_000, memory_gb=8, cached={})
+    assert big.backend == "ivf" and big.estimates["ivf"] * 3 < big.estimates["flat"]
+    ten_m = BACKENDS["ivf"].default_params(10_000_000, 384, memory_gb=6, n_queries=50_000)
+    assert ten_m["codec"] == "SQ8"  # float32 IVF-Flat (15 GB) does not fit 6 GB
+    assert choose(10_000_000, 384, n_queries=50_000, memory_gb=1, cached={}).backend == "ivfpq"
+    saved = {"ivf": {"params": {"nlist": 1024, "codec": "Flat"}}}
+    reuse = choose(1_000_000, 384, n_queries=2_000, memory_gb=8, cached=saved)
+    assert reuse.backend == "ivf" and "saved" in reuse.reason
+
+
+def test_capabilities_are_declared():
+    assert BACKENDS["flat"].capabilities.exact and not BACKENDS["flat"].capabilities.saveable
+    for name in ("ivf", "hnsw", "ivfpq"):
+        caps = BACKENDS[name].capabilities
+        assert not caps.exact and caps.saveable and caps.breadth in ("nprobe", "efSearch")
+
+
+def test_recall_at_k_by_hand():
+    found = np.array([[1, 2, 3], [4, 5, -1]])
+    truth = np.array([[3, 2, 9], [4, 6, 7]])
+    assert recall_at_k(found, truth) == pytest.approx(3 / 6)
+
+
+def test_unknown_index_kind(pool_data):
+    ids, x, _ = pool_data
+    with pytest.raises(ValueError, match="unknown index 'annoy'"):
+        build_index(pa.table({"id": ids[:10]}).append_column(
+            "embedding", make_scored_table(ids[:10], embedding=x[:10]).column("embedding")), index="annoy")
