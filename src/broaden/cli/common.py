@@ -14,6 +14,22 @@ def add_column_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--embedding-col", default="embedding", help="embedding column (default: %(default)s)")
 
 
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where the pool is processed: this process (default) or a Ray cluster")
+    g.add_argument("--ray-address", default=None,
+                   help="Ray cluster address, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a "
+                   "local Ray instance)")
+
+
+def engine_from_args(args: argparse.Namespace):
+    """The engine the flags name (Ray is imported only for --engine ray)."""
+    from broaden.engines import get_engine
+
+    return get_engine(args.engine, args.ray_address)
+
+
 def columns_from_args(args: argparse.Namespace) -> Columns:
     return Columns(id=args.id_col, label=args.label_col, probs=args.probs_col, embedding=args.embedding_col)
 

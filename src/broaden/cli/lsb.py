@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from broaden.cli.common import add_column_flags, columns_from_args
+from broaden.cli.common import add_column_flags, add_engine_flags, columns_from_args, engine_from_args
 
 INDEX_KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 
@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--json", action="store_true", help="print the run summary as JSON")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_column_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=run)
 
 
@@ -73,15 +74,16 @@ def run(args: argparse.Namespace) -> int:
     from broaden.lsb import lsb
     from broaden.metrics import to_jsonable
 
-    result = lsb(
-        args.labeled, args.pool, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
-        lookalike_threshold=args.lookalike_threshold, index=args.index, exclude=args.exclude,
-        metric=args.metric, discrepancy=args.discrepancy, per_class_cap=args.per_class_cap,
-        denoise=args.denoise_seeds, columns=columns_from_args(args), target_recall=args.target_recall,
-        memory_gb=args.memory_gb, index_dir=args.index_dir, save_index=not args.no_save_index,
-        index_params=dict(args.index_param) or None, lookalike=args.lookalike_model,
-        case_study=args.case_study, logits=args.logits, seed=args.seed,
-    )
+    with engine_from_args(args) as engine:
+        result = lsb(
+            args.labeled, args.pool, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
+            lookalike_threshold=args.lookalike_threshold, index=args.index, exclude=args.exclude,
+            metric=args.metric, discrepancy=args.discrepancy, per_class_cap=args.per_class_cap,
+            denoise=args.denoise_seeds, columns=columns_from_args(args), target_recall=args.target_recall,
+            memory_gb=args.memory_gb, index_dir=args.index_dir, save_index=not args.no_save_index,
+            index_params=dict(args.index_param) or None, lookalike=args.lookalike_model,
+            case_study=args.case_study, logits=args.logits, seed=args.seed, engine=engine,
+        )
     write_table(result.candidates, args.out)
     summary = {"out": args.out, **result.stats, "index": result.index_info}
     if args.seeds_out:

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from broaden.cli.common import add_engine_flags, engine_from_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create an annotation workspace (config + SQLite ledger)",
@@ -32,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--budget", type=int, help="override the config's budget")
     s.add_argument("--strategy", help="override the config's strategy mix")
     s.add_argument("--seed", type=int, help="override the config's seed")
+    add_engine_flags(s)
     s.set_defaults(func=run_start)
 
     i = rsub.add_parser("import", help="import labels (CSV, JSONL, JSON or a Label Studio export)",
@@ -71,7 +74,9 @@ def run_init(args: argparse.Namespace) -> int:
 def run_start(args: argparse.Namespace) -> int:
     from broaden.rounds import round_start
 
-    r = round_start(args.workspace, args.pool, budget=args.budget, strategy=args.strategy, seed=args.seed)
+    with engine_from_args(args) as engine:
+        r = round_start(args.workspace, args.pool, budget=args.budget, strategy=args.strategy, seed=args.seed,
+                        engine=engine)
     mix = ", ".join(f"{k} {v}" for k, v in r.by_strategy.items())
     print(f"round {r.round}: {r.selected} items selected ({mix}); pool scored by {r.model_id}, "
           f"embeddings {r.embedding_version}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from broaden.cli.common import add_column_flags, columns_from_args
+from broaden.cli.common import add_column_flags, add_engine_flags, columns_from_args, engine_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_column_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=run)
 
 
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     from broaden.models.score import score
 
-    result = score(args.model, args.data, args.out, batch_size=args.batch_size, columns=columns_from_args(args),
-                   errors_out=args.errors_out, audio_cache=args.audio_cache, whisper_path=args.whisper_path,
-                   device=args.device, num_threads=args.threads, progress=not args.quiet)
+    with engine_from_args(args) as engine:
+        result = score(args.model, args.data, args.out, batch_size=args.batch_size, columns=columns_from_args(args),
+                       errors_out=args.errors_out, audio_cache=args.audio_cache, whisper_path=args.whisper_path,
+                       device=args.device, num_threads=args.threads, progress=not args.quiet, engine=engine)
     console = Console(stderr=True)
     console.print(f"scored {result.n_scored} item(s) -> {result.out}", highlight=False)
     if result.n_failed:

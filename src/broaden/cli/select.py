@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from broaden.cli.common import add_column_flags, columns_from_args
+from broaden.cli.common import add_column_flags, add_engine_flags, columns_from_args, engine_from_args
 
 
 # Strategy options: flag → (option name, type, help). Unset flags are not passed, so defaults live in the API.
@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labeled", help="labelled scored table (needed by lsb, lsb-lt; used by hw)")
     p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
     add_column_flags(p)
+    add_engine_flags(p)
     for flag, (_, typ, text) in OPTIONS.items():
         p.add_argument(flag, type=typ, help=text)
     p.set_defaults(func=run)
@@ -48,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from broaden.select import select
 
     options = {name: getattr(args, name) for name, _, _ in OPTIONS.values() if getattr(args, name) is not None}
-    table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
-                   labeled=args.labeled, columns=columns_from_args(args), out=args.out, batch_size=args.batch_size,
-                   **options)
+    with engine_from_args(args) as engine:
+        table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
+                       labeled=args.labeled, columns=columns_from_args(args), out=args.out,
+                       batch_size=args.batch_size, engine=engine, **options)
     counts = {}
     for name in table.column("strategy").to_pylist():
         counts[name] = counts.get(name, 0) + 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
+from broaden.engines import get_engine
 from broaden.errors import ScoredTableError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, list_matrix
 from broaden.lsb.knn import build_index
@@ -80,6 +81,7 @@ def lsb(
     logits: bool = False,
     seed: int = 0,
     show_progress: bool = True,
+    engine=None,
 ) -> LSBResult:
     """Broaden the labelled set's bad cases into the pool (see the module docstring).
 
@@ -88,6 +90,8 @@ def lsb(
     are never returned. The Lookalike Threshold runs when ``lookalike_threshold`` (τ2) is given or a
     fitted/saved ``lookalike`` model is passed. ``embedding_col`` picks the latent used for kNN and LT.
     ``case_study`` = N fills ``result.case_study`` with N seeds next to their neighbours (paper Table 3).
+    ``engine`` ("local", "ray" or a :class:`broaden.engines.Engine`) builds and searches the kNN index;
+    with an exact index every engine returns the same candidates.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -110,7 +114,8 @@ def lsb(
     # gathered, so the three big consumers of memory never coexist (a 10M pool's index is GBs).
     model = _lookalike(lookalike, lookalike_threshold, view, labeled_emb, seed_threshold, lookalike_holdout, seed)
     del labeled_emb
-    knn = build_index(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
+    builder = build_index if engine is None else get_engine(engine).build_index
+    knn = builder(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
                       target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir, save=save_index,
                       index_params=index_params, seed=seed, show_progress=show_progress)
     positions = (knn.search(queries, k, exclude=excl, show_progress=show_progress).positions if len(queries)

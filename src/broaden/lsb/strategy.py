@@ -35,7 +35,8 @@ def _ranked(pool, n: int, ctx: SelectContext, *, filtered: bool) -> tuple[np.nda
         opts.setdefault("lookalike_threshold", DEFAULT_LOOKALIKE_THRESHOLD)
     else:
         opts.pop("lookalike_threshold", None)
-    result = lsb(ctx.labeled, pool, exclude=ctx.exclude, columns=ctx.columns, seed=ctx.seed, **opts)
+    result = lsb(ctx.labeled, pool, exclude=ctx.exclude, columns=ctx.columns, seed=ctx.seed, engine=ctx.engine,
+                 **opts)
     cand = result.candidates
     ids = id_keys(cand.column(ctx.columns.id))
     sim = cand.column("similarity").to_numpy(zero_copy_only=False).astype(np.float64)

@@ -11,23 +11,26 @@ items scored) and counted in the returned :class:`ScoreResult`. It never aborts 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from broaden.io import Columns, ParquetStreamWriter, Validator, count_rows, iter_batches, \
-    matrix_to_list_array, read_table, write_table
+from broaden.io import Columns, ParquetStreamWriter, Validator, count_rows, matrix_to_list_array, read_table, \
+    write_table
 from broaden.models.audio_cache import AudioCache
 from broaden.models.checkpoint import load_model
 from broaden.models.data import Featurizer, check_item_columns, items_base_dir
-from broaden.models.inference import Scored, infer
+from broaden.models.inference import infer
 from broaden.models.progress import track
 from broaden.models.text import torch_threads
 
 ATTENTION_COL = "audio_attention"
+ERROR_COL = "_score_error"  # worker output only: why a row could not be scored (null when it was)
 
 
 @dataclass
@@ -55,32 +58,83 @@ def _list_column(values: list[np.ndarray]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32()))
 
 
+class BatchScorer:
+    """A loaded model and featuriser that score one batch of items wherever it runs (this process or an
+    engine's worker): every input row comes back in input order, with ``ERROR_COL`` set where an item
+    could not be scored (its outputs are then null)."""
+
+    def __init__(self, model, whisper_path, audio_cache, columns, base_dir, device, *, loaded=None):
+        loaded = loaded or load_model(model, device=device, whisper_path=whisper_path)
+        self.device, self.model = device, loaded.model
+        self.item_cols, self.out_cols = _score_columns(loaded, columns)
+        config = loaded.config
+        cache = None
+        if self.model.audio is not None and config.freeze_audio:
+            cache = AudioCache(audio_cache or _default_cache_dir(loaded.path), self.model.audio)
+        self.feat = Featurizer(config, self.item_cols, loaded.tokenizer, audio=self.model.audio, cache=cache,
+                               base_dir=base_dir)
+        self.vlmae = config.fusion == "vlmae"
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        scored = next(infer(self.model, self.feat, [table], device=self.device))
+        n, dim = table.num_rows, scored.embedding.shape[1]
+        probs = np.full((n, scored.probs.shape[1]), np.nan, np.float32)
+        emb = np.full((n, dim), np.nan, np.float32)
+        probs[scored.rows], emb[scored.rows] = scored.probs, scored.embedding
+        ok = np.zeros(n, dtype=bool)
+        ok[scored.rows] = True
+        arrays = {self.out_cols.probs: _nullable(matrix_to_list_array(probs), ok),
+                  self.out_cols.embedding: _nullable(matrix_to_list_array(emb), ok)}
+        if self.vlmae:
+            att = [np.zeros(0, np.float32)] * n
+            for r, a in zip(scored.rows, scored.attention or []):
+                att[r] = a
+            arrays[ATTENTION_COL] = _nullable(_list_column(att), ok)
+        errors = [None] * n
+        for r, msg in scored.errors:
+            errors[r] = msg
+        arrays[ERROR_COL] = pa.array(errors, pa.string())
+        for name, arr in arrays.items():
+            if name in table.column_names:
+                table = table.drop_columns([name])
+            table = table.append_column(name, arr)
+        return table
+
+
+def _nullable(arr: pa.Array, ok: np.ndarray) -> pa.Array:
+    return pc.if_else(pa.array(ok), arr, pa.nulls(len(arr), arr.type))
+
+
+def _score_columns(loaded, columns: Columns | None) -> tuple:
+    item_cols = loaded.columns
+    if columns is not None:
+        item_cols.id, item_cols.label = columns.id, columns.label
+    return item_cols, columns or Columns(id=item_cols.id, label=item_cols.label)
+
+
 def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
           batch_size: int = 128, columns: Columns | None = None, errors_out: str | os.PathLike | None = None,
           audio_cache: str | os.PathLike | None = None, whisper_path: str | None = None,
-          device: str = "cpu", num_threads: int | None = None, progress: bool = True) -> ScoreResult:
+          device: str = "cpu", num_threads: int | None = None, progress: bool = True,
+          engine=None) -> ScoreResult:
     """Score every item of ``data`` with the model saved in ``model`` (a run directory or model folder).
 
     ``columns`` names the id / label columns (read from and written to the same names) and the output
-    probs / embedding columns; by default the id / label names the model was trained with.
+    probs / embedding columns; by default the id / label names the model was trained with. ``engine``
+    ("local", "ray" or a :class:`broaden.engines.Engine`) runs the batches; on Ray each actor loads the
+    model once and takes a GPU when the cluster has them (``device`` then only applies to local runs).
     """
+    from broaden.engines import get_engine
+
+    runner = get_engine(engine)
     with torch_threads(num_threads):
         loaded = load_model(model, device=device, whisper_path=whisper_path)
-        item_cols = loaded.columns
-        if columns is not None:
-            item_cols.id, item_cols.label = columns.id, columns.label
-        out_cols = columns or Columns(id=item_cols.id, label=item_cols.label)
+        item_cols, out_cols = _score_columns(loaded, columns)
         config = loaded.config
         schema = check_item_columns(data, item_cols, config, labels=False)
         # Duplicate ids are a table-level fault: find them before any scoring work, reading one column.
         read_table(data, columns=[item_cols.id],
                    validator=Validator(columns=Columns(id=item_cols.id), require=("id",)))
-        model_ = loaded.model
-        cache = None
-        if model_.audio is not None and config.freeze_audio:
-            cache = AudioCache(audio_cache or _default_cache_dir(loaded.path), model_.audio)
-        feat = Featurizer(config, item_cols, loaded.tokenizer, audio=model_.audio, cache=cache,
-                          base_dir=items_base_dir(data))
         produced = {out_cols.probs, out_cols.embedding, ATTENTION_COL}
         carried = [f for f in schema if f.name != item_cols.frames and f.name not in produced]
         fields = [*carried, pa.field(out_cols.probs, pa.list_(pa.float32())),
@@ -88,30 +142,26 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
         if config.fusion == "vlmae":
             fields.append(pa.field(ATTENTION_COL, pa.list_(pa.float32())))
         out_schema = pa.schema(fields)
+        local = runner.name == "local"
+        make = functools.partial(BatchScorer, str(model), whisper_path, audio_cache, columns, items_base_dir(data),
+                                 loaded=loaded if local else None)
         failures: list[dict] = []
         offset = n_scored = 0
         with ParquetStreamWriter(out, out_schema) as writer, \
-                track("scoring", count_rows(data), progress) as advance:
-            for scored in infer(model_, feat, iter_batches(data, batch_size=batch_size), device=device):
-                writer.write(_output_table(scored, carried, out_schema, out_cols))
-                ids = scored.table.column(item_cols.id).to_pylist()
-                failures += [{"id": ids[r], "row": offset + r, "error": msg} for r, msg in scored.errors]
-                n_scored += len(scored.rows)
-                offset += scored.table.num_rows
-                advance(scored.table.num_rows)
+                track("scoring", count_rows(data), progress and local) as advance:
+            for part in runner.map_batches(make, data, batch_size=batch_size, device=device if local else None,
+                                           description="scoring"):
+                bad = pc.is_valid(part.column(ERROR_COL)).to_numpy(zero_copy_only=False)
+                writer.write(part.filter(pa.array(~bad)).select(out_schema.names).cast(out_schema))
+                ids = part.column(item_cols.id).to_pylist()
+                errs = part.column(ERROR_COL).to_pylist()
+                failures += [{"id": ids[r], "row": offset + int(r), "error": errs[r]} for r in np.flatnonzero(bad)]
+                n_scored += int((~bad).sum())
+                offset += part.num_rows
+                advance(part.num_rows)
         errors_file = Path(errors_out) if errors_out else errors_path_for(out)
         id_type = schema.field(item_cols.id).type
         write_table(pa.table({"id": pa.array([f["id"] for f in failures], id_type),
                               "row": pa.array([f["row"] for f in failures], pa.int64()),
                               "error": pa.array([f["error"] for f in failures], pa.string())}), errors_file)
     return ScoreResult(Path(out), errors_file, n_scored, len(failures))
-
-
-def _output_table(scored: Scored, carried: list[pa.Field], schema: pa.Schema, cols: Columns) -> pa.Table:
-    taken = scored.table.take(pa.array(scored.rows, pa.int64()))
-    arrays = [taken.column(f.name) for f in carried]
-    arrays += [matrix_to_list_array(scored.probs), matrix_to_list_array(scored.embedding)]
-    if scored.attention is not None:
-        arrays.append(_list_column(scored.attention))
-    return pa.Table.from_arrays(arrays, schema=schema)
-

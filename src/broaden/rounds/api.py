@@ -57,9 +57,10 @@ def _absolute(settings: dict, base: Path) -> dict:
 
 
 def round_start(workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
-                strategy: str | None = None, seed: int | None = None) -> RoundStart:
-    """``broaden round start``: select and record a batch; writes CSV, JSONL and Label Studio tasks."""
-    return _round_start(_ws(workspace), pool, budget=budget, strategy=strategy, seed=seed)
+                strategy: str | None = None, seed: int | None = None, engine=None) -> RoundStart:
+    """``broaden round start``: select and record a batch; writes CSV, JSONL and Label Studio tasks.
+    ``engine`` ("local", "ray" or a :class:`broaden.engines.Engine`) runs the selection and LSB's kNN."""
+    return _round_start(_ws(workspace), pool, budget=budget, strategy=strategy, seed=seed, engine=engine)
 
 
 def round_import(workspace, file: str | os.PathLike, *, strict: bool = False, format: str = "auto",

@@ -38,7 +38,7 @@ class RoundStart:
 
 
 def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
-                strategy: str | None = None, seed: int | None = None) -> RoundStart:
+                strategy: str | None = None, seed: int | None = None, engine=None) -> RoundStart:
     cfg, cols = ws.config, ws.config.cols
     pool = str(require_config(pool or cfg.pool, "pool",
                               "pass --pool POOL (a scored Parquet file or folder) or set 'pool' in the config"))
@@ -60,7 +60,7 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
         options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
                    "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
         batch = ws.select(pool, strategy, budget, exclude=sorted(blocked), seed=run_seed, labeled=labeled,
-                          columns=cols, **options)
+                          columns=cols, engine=engine, **options)
         batch = add_lsb_provenance(batch, pool=pool, spec=strategy, budget=budget, labeled=labeled, blocked=blocked,
                                    seed=run_seed, columns=cols, options=options)
         items = _item_records(batch, ledger, cols, pool)

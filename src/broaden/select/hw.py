@@ -34,10 +34,10 @@ from broaden.io import id_keys, labels_array, list_matrix, read_scored
 from broaden.select import scores as S
 from broaden.select.clean import rank_label_issues
 from broaden.select.mix import largest_remainder
-from broaden.select.pool import IdSet, SelectionError, fetch_rows, iter_pool
+from broaden.select.pool import IdSet, SelectionError, fetch_rows
 from broaden.select.registry import SelectContext, register_strategy
 from broaden.select.strategies import batch_probs, random_keys
-from broaden.select.topk import TopK, rank_order
+from broaden.select.topk import TopK, merge_top, rank_order
 
 
 @dataclass(frozen=True)
@@ -170,13 +170,9 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
     weak = None if o.easy_source == "band" else o.easy_source
 
     # Pass 1: eligible items per predicted class.
-    counts = None
-    for _, batch in iter_pool(pool, c, prob_cols=[c.probs], exclude=exclude, batch_size=ctx.batch_size,
-                              description="hw: counting classes"):
-        p = batch_probs(batch, c.probs)
-        bc = np.bincount(p.argmax(axis=1), minlength=p.shape[1]) if len(p) else None
-        if bc is not None:
-            counts = bc if counts is None else counts + bc
+    counts = ctx.runner.fold(pool, c, init=lambda: None, step=_count_step(c.probs), merge=_add_counts,
+                             prob_cols=[c.probs], exclude=exclude, batch_size=ctx.batch_size,
+                             description="hw: counting classes")
     if counts is None or m <= 0:
         return _concat([relabel])
     C = len(counts)
@@ -189,11 +185,16 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
 
     # Pass 2: per class, the most uncertain (skip + quota) and the best easy candidates.
     depth = skipped + quota
-    hard_top = [TopK(int(k)) for k in depth]
-    easy_top = [TopK(int(k)) for k in (depth if o.easy_share > 0 else np.zeros(C, int))]
+    easy_depth = depth if o.easy_share > 0 else np.zeros(C, int)
     lo, hi = o.easy_band
-    for keys, batch in iter_pool(pool, c, prob_cols=[c.probs] + ([weak] if weak else []), exclude=exclude,
-                                 batch_size=ctx.batch_size, description="hw: mining"):
+
+    def init():
+        return [TopK(int(k)) for k in depth], [TopK(int(k)) for k in easy_depth]
+
+    def step(tops, keys, batch):
+        hard_top, easy_top = tops
+        if not len(keys):
+            return tops
         p = batch_probs(batch, c.probs)
         cls = p.argmax(axis=1)
         score = unc(p)
@@ -208,6 +209,14 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
             hard_top[k].push(sign * score[sel], keys[sel], score[sel])
             both = sel & in_band
             easy_top[k].push(easy_pri[both], keys[both], score[both])
+        return tops
+
+    def merge(a, b):
+        return tuple([merge_top(x, y) for x, y in zip(pa_, pb_)] for pa_, pb_ in zip(a, b))
+
+    hard_top, easy_top = ctx.runner.fold(
+        pool, c, init=init, step=step, merge=merge, prob_cols=[c.probs] + ([weak] if weak else []),
+        exclude=exclude, batch_size=ctx.batch_size, description="hw: mining")
 
     hard_parts, easy_parts = [], []
     for k in range(C):
@@ -228,6 +237,21 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
             e_score = np.concatenate([e_score, h_score[s0 + h:][rest][:short]])
         easy_parts.append((e_ids, e_score))
     return _concat([relabel, _ranked(hard_parts, sign), _ranked(easy_parts, sign)])
+
+
+def _count_step(col: str):
+    def step(counts, keys, batch):
+        if not len(keys):
+            return counts
+        p = batch_probs(batch, col)
+        bc = np.bincount(p.argmax(axis=1), minlength=p.shape[1])
+        return bc if counts is None else counts + bc
+
+    return step
+
+
+def _add_counts(a, b):
+    return b if a is None else a if b is None else a + b
 
 
 def _ranked(parts, sign: float):

@@ -104,13 +104,15 @@ def select(
     columns: Columns = DEFAULT_COLUMNS,
     out: str | os.PathLike | None = None,
     batch_size: int = BATCH_SIZE,
+    engine=None,
     **options,
 ) -> pa.Table:
     """Choose ``budget`` pool items to label next with a strategy or a mix (see module docstring).
 
     ``exclude`` is ids (any iterable) or a file of ids (txt, one per line; Parquet/CSV with an id
     column). ``options`` go to every strategy (e.g. ``committee_cols=[...]`` for qbc). Writes ``out``
-    atomically when given.
+    atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
+    pool scans; every engine returns the same selection.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise SelectionError(f"budget must be a positive integer, got {budget!r}")
@@ -118,7 +120,7 @@ def select(
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = _as_idset(exclude, columns)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
-                        options=dict(options), batch_size=batch_size)
+                        options=dict(options), batch_size=batch_size, engine=engine)
     for s in strategies:
         check_labeled(s, ctx)
 

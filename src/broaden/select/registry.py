@@ -35,6 +35,14 @@ class SelectContext:
     labeled: str | os.PathLike | pa.Table | None = None
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = BATCH_SIZE
+    engine: Any = None  # a broaden.engines.Engine; None = this process
+
+    @property
+    def runner(self):
+        """The engine that scans the pool (the local engine unless one was given)."""
+        from broaden.engines import get_engine
+
+        return get_engine(self.engine)
 
     def __post_init__(self):
         if not isinstance(self.exclude, IdSet):

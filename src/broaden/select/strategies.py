@@ -13,9 +13,8 @@ import pyarrow as pa
 
 from broaden.io import list_matrix
 from broaden.select import scores as S
-from broaden.select.pool import SelectionError, iter_pool
+from broaden.select.pool import SelectionError
 from broaden.select.registry import SelectContext, register_strategy
-from broaden.select.topk import TopK
 
 Priority = Callable[[np.ndarray, pa.RecordBatch], np.ndarray]
 
@@ -25,11 +24,8 @@ def stream_top(
     extra_cols: Sequence[str] = (), description: str = "scoring pool",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best ``n`` eligible ids by ``priority(keys, batch)`` (desc, ties by id) in one pass."""
-    top = TopK(n)
-    for keys, batch in iter_pool(pool, ctx.columns, prob_cols=prob_cols, extra_cols=extra_cols,
-                                 exclude=ctx.exclude, batch_size=ctx.batch_size, description=description):
-        top.push(priority(keys, batch), keys)
-    return top.result()
+    return ctx.runner.top_k(pool, n, ctx.columns, priority, prob_cols=prob_cols, extra_cols=extra_cols,
+                            exclude=ctx.exclude, batch_size=ctx.batch_size, description=description)
 
 
 def batch_probs(batch: pa.RecordBatch, col: str) -> np.ndarray:

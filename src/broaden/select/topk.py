@@ -90,8 +90,22 @@ class TopK:
         order = rank_order(self._scores, self._ids)
         return self._ids[order], self._scores[order]
 
+    def merge(self, other: TopK) -> TopK:
+        """Add ``other``'s rows: the top-k of the union, as if every row had been pushed here."""
+        ids, scores = other.result()
+        extra = other.extra()
+        seen = self.seen + other.seen
+        self.push(scores, ids, extra if len(ids) and extra.size == len(ids) else None)
+        self.seen = seen
+        return self
+
     def extra(self) -> np.ndarray:
         """The ``extra`` values in the same best-first order as :meth:`result` (empty if none were given)."""
         if self._extra is None:
             return np.empty(0)
         return self._extra[rank_order(self._scores, self._ids)]
+
+
+def merge_top(a: TopK, b: TopK) -> TopK:
+    """``a.merge(b)`` as a function (the merge step of a fold over TopK states)."""
+    return a.merge(b)
