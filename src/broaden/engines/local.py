@@ -13,17 +13,7 @@ import pyarrow as pa
 
 from broaden.io import iter_batches
 from broaden.select.pool import BATCH_SIZE, iter_pool
-from broaden.select.topk import TopK
-
-
-def merge_top(a: TopK, b: TopK) -> TopK:
-    """``a`` updated with ``b``'s rows: the top-k of the union, as if every row had been pushed to ``a``."""
-    ids, scores = b.result()
-    extra = b.extra()
-    seen = a.seen + b.seen
-    a.push(scores, ids, extra if len(ids) and extra.size == len(ids) else None)
-    a.seen = seen
-    return a
+from broaden.select.topk import TopK, merge_top
 
 
 def _push_top(priority):
