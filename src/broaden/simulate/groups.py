@@ -1,0 +1,105 @@
+"""The equal-budget groups of the protocol (paper §4.1.2) and the LSB variants the issue asks for.
+
+Every group is one :class:`GroupSpec`; a variant is the ``Stat-AL+LSB-LT`` group with one option changed
+and is named ``Stat-AL+LSB-LT[<variant>]``. Names are part of the result format (docs/results-format.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from broaden.errors import BroadenError
+
+#: Statistical AL as a documented mix of the three uncertainty scores (equal shares, deduplicated).
+STAT_AL_MIX = "least_confident,margin,entropy"
+REFERENCE_GROUP = "Stat-AL"
+LATENTS = ("tuned", "frozen")
+RANK_BY = ("similarity", "lookalike")
+
+
+class GroupError(BroadenError, ValueError):
+    """Unknown group or variant name."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """How one group spends its budget.
+
+    ``kind``: random | stat | hw | qbc | lsb. LSB groups take ``lsb_share`` of the budget from broadening
+    (``lookalike``: keep only neighbours with LT score > τ2) and fill the rest with Stat-AL. ``latent``:
+    ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output. ``discrepancy`` None means
+    the dataset's own kind. ``rank_by`` orders the neighbours when there are more than the share.
+    """
+
+    name: str
+    kind: str
+    lookalike: bool = False
+    latent: str = "tuned"
+    discrepancy: str | None = None
+    denoise: bool = False
+    rank_by: str = "similarity"
+
+
+BASE_ORDER = ("Random", "Stat-AL", "Stat-AL+LSB", "Stat-AL+LSB-LT", "HW", "QBC")
+VARIANTS = ("frozen", "tuned", "nominal", "ordinal", "denoised", "lt-ranked")
+
+
+def _variant(base: GroupSpec, variant: str, dataset_discrepancy: str) -> GroupSpec | None:
+    """``base`` with ``variant`` applied, or None when the variant would not change anything."""
+    changes = {
+        "frozen": {"latent": "frozen"}, "tuned": {"latent": "tuned"},
+        "nominal": {"discrepancy": "nominal"}, "ordinal": {"discrepancy": "ordinal"},
+        # LT as a ranking instead of a filter: the share is filled with the most lookalike neighbours.
+        "denoised": {"denoise": True}, "lt-ranked": {"rank_by": "lookalike", "lookalike": False},
+    }[variant]
+    effective = {"latent": base.latent, "discrepancy": base.discrepancy or dataset_discrepancy,
+                 "denoise": base.denoise, "rank_by": base.rank_by, "lookalike": base.lookalike}
+    if all(effective[k] == v for k, v in changes.items()):
+        return None
+    return replace(base, name=f"{base.name}[{variant}]", **changes)
+
+
+def build_groups(
+    *,
+    latent: str = "tuned",
+    denoise: bool = False,
+    variants: str | list[str] | None = None,
+    dataset_discrepancy: str = "ordinal",
+    num_classes: int = 2,
+    include: list[str] | None = None,
+) -> list[GroupSpec]:
+    """The base groups (optionally only ``include``) plus the requested variants of Stat-AL+LSB-LT.
+
+    ``variants``: None/"none", "all", or a comma list of :data:`VARIANTS`. Variants that equal the base
+    configuration (``tuned`` when the base latent is tuned; ``nominal`` vs ``ordinal`` with 2 classes,
+    where both forms coincide) are skipped.
+    """
+    if latent not in LATENTS:
+        raise GroupError(f"latent must be one of {', '.join(LATENTS)}, got {latent!r}")
+    base = {
+        "Random": GroupSpec("Random", "random"),
+        "Stat-AL": GroupSpec("Stat-AL", "stat"),
+        "Stat-AL+LSB": GroupSpec("Stat-AL+LSB", "lsb", latent=latent, denoise=denoise),
+        "Stat-AL+LSB-LT": GroupSpec("Stat-AL+LSB-LT", "lsb", lookalike=True, latent=latent, denoise=denoise),
+        "HW": GroupSpec("HW", "hw"),
+        "QBC": GroupSpec("QBC", "qbc"),
+    }
+    names = list(BASE_ORDER) if include is None else list(include)
+    unknown = [n for n in names if n not in base]
+    if unknown:
+        raise GroupError(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(BASE_ORDER)}")
+    if REFERENCE_GROUP not in names:
+        names.insert(0, REFERENCE_GROUP)  # the paired tests compare every group with it
+    groups = [base[n] for n in names]
+    if isinstance(variants, str):
+        variants = list(VARIANTS) if variants.strip() == "all" else (
+            [] if variants.strip() in ("", "none") else [v.strip() for v in variants.split(",") if v.strip()])
+    bad = [v for v in variants or [] if v not in VARIANTS]
+    if bad:
+        raise GroupError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
+    for v in variants or []:
+        if num_classes == 2 and v in ("nominal", "ordinal"):
+            continue
+        spec = _variant(base["Stat-AL+LSB-LT"], v, dataset_discrepancy)
+        if spec is not None:
+            groups.append(spec)
+    return groups

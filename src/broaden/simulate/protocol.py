@@ -1,0 +1,306 @@
+"""One repeat of the paper's simulation protocol (§4.1.2) with an oracle, optionally over R rounds.
+
+1. Warm up the classifier on a random initial labelled set: the fixed snapshot.
+2. Score the pool with it and let every group spend the same budget (groups.py).
+3. Table 1: the multiclass loss (Eq. 11), yield and confident-error yield of each group's selection,
+   against the true labels and the probabilities of the model that selected it.
+4. Table 2: retrain on initial + selection (with the oracle's possibly noisy labels) and evaluate on the
+   fixed test split.
+5. Rounds (Algorithm 1): each group continues from its own retrained model; its pool shrinks and its
+   labelled set grows.
+
+Seeds of LSB need out-of-sample probabilities for the labelled set — the paper scores *new* labelled
+partitions with the deployed model — so the labelled set is scored by K-fold cross-validation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.classifier import EmbeddingClassifier
+from broaden.io import make_scored_table
+from broaden.metrics import discrepancy as _discrepancy
+from broaden.metrics import evaluate
+from broaden.simulate.data import SimData
+from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
+from broaden.simulate.lsb_step import LSBOutcome, broaden_step
+from broaden.simulate.oracle import oracle_labels
+
+CONFIDENT = 0.7  # "confident error": wrong with max p above this (out of statistical AL's reach)
+TABLE1_METRICS = ("multiclass_loss", "multiclass_loss_ordinal", "multiclass_loss_nominal", "yield",
+                  "confident_yield", "noisy_share", "n_selected")
+TABLE2_METRICS = ("auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70", "r_at_p80", "r_at_p90",
+                  "tpr_at_fpr1", "max_beta_variance", "multiclass_loss", "accuracy", "macro_f1")
+
+
+@dataclass
+class SimConfig:
+    """Protocol settings (CLI flags of ``broaden simulate``)."""
+
+    budget: int = 1000
+    initial: int = 1000
+    lsb_share: float = 0.2
+    rounds: int = 1
+    repeats: int = 3
+    seed: int = 0
+    label_noise: float = 0.0
+    confusion: list | None = None
+    seeds: int | None = None          # cap N on the seed count (None: every bad case)
+    seed_threshold: float = 0.5       # τ1
+    k: int = 10
+    lookalike_threshold: float = 0.5  # τ2
+    index: str = "flat"
+    pool_size: int | None = None      # subsample of the pool per repeat (None: everything not used)
+    oof_folds: int = 5
+    qbc_members: int = 3
+    classifier: dict = field(default_factory=dict)
+    case_study_seeds: int = 20
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def table2_metrics(labels: np.ndarray, probs: np.ndarray, kind: str) -> tuple[dict, list]:
+    """DESIGN §4 metrics flattened to the result format's names, and the confusion matrix."""
+    ev = evaluate(labels, probs, discrepancy_kind=kind)
+    flat = {"auc": ev["auc"], "f1": ev["f1"]}
+    flat.update({f"r_at_p{round(float(k) * 100)}": v for k, v in ev["recall_at_precision"].items()})
+    flat["tpr_at_fpr1"] = ev["tpr_at_fpr"]["0.01"]
+    for key in ("max_beta_variance", "multiclass_loss", "accuracy", "macro_f1"):
+        flat[key] = ev[key]
+    return flat, ev["confusion_matrix"]
+
+
+def table1_metrics(true: np.ndarray, given: np.ndarray, probs: np.ndarray, kind: str) -> dict:
+    """Eq. 11 loss (both discrepancy forms), yield and confident-error yield of one selected set."""
+    pred = probs.argmax(axis=1)
+    wrong = pred != true
+    return {
+        "multiclass_loss": float(_discrepancy(true, probs, kind).mean()),
+        "multiclass_loss_ordinal": float(_discrepancy(true, probs, "ordinal").mean()),
+        "multiclass_loss_nominal": float(_discrepancy(true, probs, "nominal").mean()),
+        "yield": float(wrong.mean()),
+        "confident_yield": float((wrong & (probs.max(axis=1) > CONFIDENT)).mean()),
+        "noisy_share": float((given != true).mean()),
+        "n_selected": int(len(true)),
+    }
+
+
+class Snapshot:
+    """A trained model with its labelled and pool rows; scores are computed once and shared by groups."""
+
+    def __init__(self, run: RepeatRun, model: EmbeddingClassifier, labeled: np.ndarray, pool: np.ndarray,
+                 round_: int):
+        self.run, self.model, self.labeled, self.pool, self.round = run, model, labeled, pool, round_
+
+    @cached_property
+    def pool_probs(self) -> np.ndarray:
+        return self.model.predict_proba(self.run.data.features[self.pool])
+
+    @cached_property
+    def labeled_oof_probs(self) -> np.ndarray:
+        return self.run.oof_probs(self.labeled, self.round)
+
+    def latent(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        X = self.run.data.features[rows]
+        return self.model.transform(X) if kind == "tuned" else X
+
+    @cached_property
+    def committee_probs(self) -> list[np.ndarray]:
+        return self.run.committee(self.labeled, self.round, self.pool)
+
+    def pool_table(self, *, latent: str | None = None, committee: bool = False) -> pa.Table:
+        """The pool as a scored table; ``id`` is the row index into the SimData arrays."""
+        extra = {}
+        if committee:
+            from broaden.io import matrix_to_list_array
+
+            extra = {f"probs_m{i}": matrix_to_list_array(p) for i, p in enumerate(self.committee_probs)}
+        t = make_scored_table(self.pool.astype(np.int64), self.pool_probs,
+                              None if latent is None else self.latent(latent, self.pool))
+        for name, arr in extra.items():
+            t = t.append_column(name, arr)
+        return t
+
+    def labeled_table(self, latent: str) -> pa.Table:
+        return make_scored_table(self.labeled.astype(np.int64), self.labeled_oof_probs,
+                                 self.latent(latent, self.labeled), self.run.given[self.labeled])
+
+
+@dataclass
+class Selection:
+    rows: np.ndarray
+    strategy: np.ndarray
+    score: np.ndarray
+    rank: np.ndarray
+    probs: np.ndarray
+    lsb: LSBOutcome | None = None
+
+
+class RepeatRun:
+    """State of one repeat: oracle labels, the initial split, one model trajectory per group."""
+
+    def __init__(self, data: SimData, cfg: SimConfig, groups: list[GroupSpec], repeat: int,
+                 confusion: np.ndarray | None):
+        self.data, self.cfg, self.groups, self.repeat = data, cfg, groups, repeat
+        self.seed = cfg.seed + repeat
+        self.given = oracle_labels(data.labels, confusion, seed=self.seed + 7919)
+        self.given[data.is_test] = data.labels[data.is_test]  # the evaluation split stays gold
+        self.kind = data.discrepancy
+
+    # --------------------------------------------------------------------------------- models
+    def fit(self, rows: np.ndarray, seed: int, sample: np.ndarray | None = None) -> EmbeddingClassifier:
+        rows = rows if sample is None else rows[sample]
+        clf = EmbeddingClassifier(**{**self.cfg.classifier, "seed": seed})
+        return clf.fit(self.data.features[rows], self.given[rows], num_classes=self.data.num_classes)
+
+    def model_seed(self, round_: int) -> int:
+        # Same seed for every group in a round: differences come from the data, not the initialisation.
+        return self.seed * 1000 + round_
+
+    def oof_probs(self, rows: np.ndarray, round_: int) -> np.ndarray:
+        folds = max(2, min(self.cfg.oof_folds, len(rows) // 2))
+        rng = np.random.default_rng(self.model_seed(round_) + 17)
+        fold = rng.permutation(len(rows)) % folds
+        out = np.zeros((len(rows), self.data.num_classes))
+        for f in range(folds):
+            train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            model = self.fit(rows, self.model_seed(round_) + 100 + f, sample=train)
+            out[held] = model.predict_proba(self.data.features[rows[held]])
+        return out
+
+    def committee(self, rows: np.ndarray, round_: int, pool: np.ndarray) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.model_seed(round_) + 31)
+        members = []
+        for m in range(self.cfg.qbc_members):
+            boot = rng.integers(0, len(rows), size=len(rows))  # bootstrap resample, own seed per member
+            members.append(self.fit(rows, self.model_seed(round_) + 200 + m, sample=boot)
+                           .predict_proba(self.data.features[pool]))
+        return members
+
+    # ------------------------------------------------------------------------------ selection
+    def select(self, spec: GroupSpec, snap: Snapshot) -> Selection:
+        from broaden.select import select
+
+        B, seed = self.cfg.budget, self.model_seed(snap.round)
+        lsb_out = None
+        taken: list[pa.Table] = []
+        if spec.kind == "random":
+            taken.append(select(snap.pool_table(), "random", B, seed=seed))
+        elif spec.kind == "stat":
+            taken.append(select(snap.pool_table(), STAT_AL_MIX, B, seed=seed))
+        elif spec.kind == "hw":
+            taken.append(select(snap.pool_table(), "hw", B, seed=seed))
+        elif spec.kind == "qbc":
+            cols = [f"probs_m{i}" for i in range(self.cfg.qbc_members)]
+            # KL to consensus, not vote entropy: 3 hard votes give 3 score values and ties broken by id.
+            taken.append(select(snap.pool_table(committee=True), "qbc", B, seed=seed,
+                                committee_cols=cols, qbc_measure="kl"))
+        elif spec.kind == "lsb":
+            n_lsb = int(round(self.cfg.lsb_share * B))
+            lsb_out = broaden_step(spec, snap, self.cfg, self.kind, n_lsb, seed)
+            if len(lsb_out.picked):
+                taken.append(lsb_out.picked)
+            rest = B - len(lsb_out.picked)
+            if rest:
+                exclude = lsb_out.picked.column("id").to_numpy() if len(lsb_out.picked) else None
+                taken.append(select(snap.pool_table(), STAT_AL_MIX, rest, seed=seed, exclude=exclude))
+        else:  # pragma: no cover - GroupSpec kinds are fixed
+            raise ValueError(spec.kind)
+        rows = np.concatenate([t.column("id").to_numpy() for t in taken]).astype(np.int64)
+        pos = np.searchsorted(snap.pool, rows)  # the pool is sorted: row index -> position
+        return Selection(
+            rows=rows,
+            strategy=np.concatenate([np.asarray(t.column("strategy").to_pylist(), dtype=object) for t in taken]),
+            score=np.concatenate([t.column("score").to_numpy(zero_copy_only=False) for t in taken]).astype(float),
+            rank=np.concatenate([t.column("rank").to_numpy() for t in taken]).astype(np.int64),
+            probs=snap.pool_probs[pos], lsb=lsb_out)
+
+    # ------------------------------------------------------------------------------------ run
+    def run(self) -> tuple[dict, dict[str, list[pa.Table]]]:
+        """Run every round for every group; returns the repeat record and the per-repeat tables."""
+        start = time.perf_counter()
+        data, cfg = self.data, self.cfg
+        rng = np.random.default_rng(self.seed)
+        train_rows = np.flatnonzero(~data.is_test)
+        test_rows = np.flatnonzero(data.is_test)
+        if cfg.initial + cfg.budget * cfg.rounds > len(train_rows):
+            from broaden.errors import BroadenError
+
+            raise BroadenError(f"{data.name}: {len(train_rows)} training rows cannot hold {cfg.initial} initial "
+                               f"labels plus {cfg.rounds} round(s) of budget {cfg.budget}")
+        initial = np.sort(rng.choice(train_rows, cfg.initial, replace=False))
+        pool = np.setdiff1d(train_rows, initial)
+        if cfg.pool_size and cfg.pool_size < len(pool):
+            pool = np.sort(rng.choice(pool, cfg.pool_size, replace=False))
+        snapshot = Snapshot(self, self.fit(initial, self.model_seed(0)), initial, pool, 1)
+        test_X, test_y = data.features[test_rows], data.labels[test_rows]
+        init_probs = snapshot.model.predict_proba(test_X)
+        initial_metrics, _ = table2_metrics(test_y, init_probs, self.kind)
+        frames: dict[str, list[pa.Table]] = {"selections": [], "test_predictions": [], "lookalike": [],
+                                             "case_study": [], "initial": [pa.table({
+                                                 "id": pa.array(data.ids[initial].tolist()),
+                                                 "label": pa.array(data.labels[initial], pa.int64()),
+                                                 "oracle_label": pa.array(self.given[initial], pa.int64())})]}
+        frames["test_predictions"].append(self._predictions("Initial", test_rows, init_probs))
+        current = {g.name: snapshot for g in self.groups}
+        rounds = []
+        for r in range(1, cfg.rounds + 1):
+            per_group, next_snaps = {}, {}
+            for spec in self.groups:
+                snap = current[spec.name]
+                sel = self.select(spec, snap)
+                t1 = table1_metrics(data.labels[sel.rows], self.given[sel.rows], sel.probs, self.kind)
+                labeled = np.sort(np.concatenate([snap.labeled, sel.rows]))
+                model = self.fit(labeled, self.model_seed(r))
+                probs = model.predict_proba(test_X)
+                t2, cm = table2_metrics(test_y, probs, self.kind)
+                per_group[spec.name] = {"table1": t1, "table2": t2, "confusion_matrix": cm,
+                                        "n_labeled": int(len(labeled)),
+                                        "lookalike": None if sel.lsb is None else sel.lsb.summary}
+                frames["selections"].append(self._selection_frame(r, spec.name, sel))
+                if sel.lsb is not None:
+                    frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, self))
+                    frames["case_study"].append(sel.lsb.case_study_frame(r, spec.name, self))
+                if r == cfg.rounds:
+                    frames["test_predictions"].append(self._predictions(spec.name, test_rows, probs))
+                next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1)
+            current = next_snaps
+            rounds.append({"round": r, "groups": per_group})
+        record = {"repeat": self.repeat, "seed": self.seed, "initial": initial_metrics, "rounds": rounds,
+                  "seconds": round(time.perf_counter() - start, 2)}
+        return record, frames
+
+    # ---------------------------------------------------------------------------- frames
+    def _predictions(self, group: str, rows: np.ndarray, probs: np.ndarray) -> pa.Table:
+        from broaden.io import matrix_to_list_array
+
+        return pa.table({"group": [group] * len(rows), "id": pa.array(self.data.ids[rows].tolist()),
+                         "label": pa.array(self.data.labels[rows], pa.int64()),
+                         "probs": matrix_to_list_array(probs)})
+
+    def _selection_frame(self, round_: int, group: str, sel: Selection) -> pa.Table:
+        from broaden.io import matrix_to_list_array
+
+        prov = sel.lsb.provenance(sel.rows) if sel.lsb is not None else {
+            "seed_id": [None] * len(sel.rows), "similarity": [None] * len(sel.rows),
+            "lookalike_score": [None] * len(sel.rows)}
+        seed_ids = [None if s is None else self.data.ids[[s]].tolist()[0] for s in prov["seed_id"]]
+        return pa.table({
+            "round": pa.array(np.full(len(sel.rows), round_), pa.int64()),
+            "group": [group] * len(sel.rows),
+            "id": pa.array(self.data.ids[sel.rows].tolist()),
+            "strategy": pa.array(sel.strategy.tolist(), pa.string()),
+            "score": pa.array(sel.score, pa.float64()),
+            "rank": pa.array(sel.rank, pa.int64()),
+            "label": pa.array(self.data.labels[sel.rows], pa.int64()),
+            "oracle_label": pa.array(self.given[sel.rows], pa.int64()),
+            "probs": matrix_to_list_array(sel.probs),
+            "seed_id": pa.array(seed_ids, type=pa.array(self.data.ids[:1].tolist()).type),
+            "similarity": pa.array(prov["similarity"], pa.float64()),
+            "lookalike_score": pa.array(prov["lookalike_score"], pa.float64()),
+        })

@@ -1,0 +1,191 @@
+"""Aggregate finished repeats into results.json / table1.csv / table2.csv / rounds.csv and print them.
+
+The format is documented in docs/results-format.md; ``broaden report`` reads these files only.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from pathlib import Path
+
+from broaden.io import write_text
+from broaden.metrics import to_jsonable
+from broaden.simulate.groups import REFERENCE_GROUP
+from broaden.simulate.protocol import TABLE1_METRICS, TABLE2_METRICS
+from broaden.simulate.stats import paired_test, summarize
+
+FORMAT_VERSION = 1
+LOOKALIKE_FIELDS = ("auc", "n_bad_cases", "n_seeds", "n_candidates", "n_lsb_selected")
+FRAME_NAMES = ("initial", "selections", "test_predictions", "lookalike", "case_study")
+
+
+def _summaries(values_by_metric: dict[str, list]) -> dict:
+    return {m: summarize(v) for m, v in values_by_metric.items()}
+
+
+def _collect(records: list[dict], group: str, round_index: int, table: str, metrics) -> dict[str, list]:
+    return {m: [rec["rounds"][round_index]["groups"][group][table].get(m) for rec in records] for m in metrics}
+
+
+def aggregate(config: dict, records: list[dict], groups: list[str], out: Path) -> dict:
+    """results.json content from the per-repeat records (sorted by repeat)."""
+    records = sorted(records, key=lambda r: r["repeat"])
+    n_rounds = min(len(r["rounds"]) for r in records)
+    last = n_rounds - 1
+    table1 = {g: _summaries(_collect(records, g, 0, "table1", TABLE1_METRICS)) for g in groups}
+    raw2 = {"Initial": {m: [r["initial"].get(m) for r in records] for m in TABLE2_METRICS}}
+    raw2.update({g: _collect(records, g, last, "table2", TABLE2_METRICS) for g in groups})
+    table2 = {g: _summaries(v) for g, v in raw2.items()}
+    raw1 = {g: _collect(records, g, 0, "table1", TABLE1_METRICS) for g in groups}
+    ref = REFERENCE_GROUP if REFERENCE_GROUP in groups else groups[0]
+    tests = {
+        g: {"table1": {m: paired_test(raw1[g][m], raw1[ref][m]) for m in TABLE1_METRICS if m != "n_selected"},
+            "table2": {m: paired_test(raw2[g][m], raw2[ref][m]) for m in TABLE2_METRICS}}
+        for g in groups if g != ref
+    }
+    rounds = {g: [{"round": i + 1,
+                   "table1": _summaries(_collect(records, g, i, "table1", TABLE1_METRICS)),
+                   "table2": _summaries(_collect(records, g, i, "table2", TABLE2_METRICS))}
+                  for i in range(n_rounds)] for g in groups}
+    lookalike = {}
+    for g in groups:
+        infos = [r["rounds"][0]["groups"][g].get("lookalike") for r in records]
+        if any(i is not None for i in infos):
+            lookalike[g] = {f: summarize([(i or {}).get(f) for i in infos]) for f in LOOKALIKE_FIELDS}
+            lookalike[g]["threshold"] = next(i for i in infos if i is not None).get("threshold")
+    final = records[-1]["rounds"][last]["groups"]
+    files = {"repeats": [f"repeats/repeat-{r['repeat']:03d}.json" for r in records]}
+    for name in FRAME_NAMES:
+        files[name] = [f"repeats/repeat-{r['repeat']:03d}/{name}.parquet" for r in records
+                       if (out / f"repeats/repeat-{r['repeat']:03d}/{name}.parquet").is_file()]
+    return {
+        "format_version": FORMAT_VERSION, "config": config, "repeats_done": [r["repeat"] for r in records],
+        "groups": groups, "reference_group": ref, "table1": table1, "table2": table2, "paired_tests": tests,
+        "rounds": rounds, "lookalike": lookalike,
+        "confusion_matrix": {g: final[g]["confusion_matrix"] for g in groups},
+        "seconds": {"total": round(sum(r.get("seconds", 0) for r in records), 1),
+                    "per_repeat": [r.get("seconds") for r in records]},
+        "files": files,
+    }
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = _io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # union, first-seen order
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _flat_row(name: str, summaries: dict, metrics, n: int) -> dict:
+    row = {"group": name}
+    for m in metrics:
+        row[f"{m}_mean"] = summaries[m]["mean"]
+        row[f"{m}_std"] = summaries[m]["std"]
+    row["n_repeats"] = n
+    return row
+
+
+def write_results(out: Path, results: dict) -> None:
+    """results.json and the three CSV files, each written atomically."""
+    write_text(json.dumps(to_jsonable(results), indent=1), out / "results.json")
+    n = len(results["repeats_done"])
+    write_text(_csv([_flat_row(g, s, TABLE1_METRICS, n) for g, s in results["table1"].items()]), out / "table1.csv")
+    write_text(_csv([_flat_row(g, s, TABLE2_METRICS, n) for g, s in results["table2"].items()]), out / "table2.csv")
+    rows = []
+    for g, per_round in results["rounds"].items():
+        for entry in per_round:
+            for table, metrics in (("table1", TABLE1_METRICS), ("table2", TABLE2_METRICS)):
+                rows.append({"round": entry["round"], "table": table,
+                             **_flat_row(g, entry[table], metrics, n)})
+    write_text(_csv(rows), out / "rounds.csv")
+
+
+# ------------------------------------------------------------------------------------ printing
+TABLE1_COLUMNS = (("MC loss", "multiclass_loss"), ("yield", "yield"), ("conf. yield", "confident_yield"),
+                  ("noisy", "noisy_share"))
+TABLE2_COLUMNS = (("AUC", "auc"), ("F1", "f1"), ("R@P40", "r_at_p40"), ("R@P50", "r_at_p50"),
+                  ("R@P60", "r_at_p60"), ("R@P70", "r_at_p70"), ("R@P80", "r_at_p80"), ("R@P90", "r_at_p90"),
+                  ("TPR@1%FPR", "tpr_at_fpr1"), ("max Var", "max_beta_variance"), ("Acc", "accuracy"),
+                  ("macro-F1", "macro_f1"))
+ROUND_COLUMNS = (("MC loss", "table1", "multiclass_loss"), ("yield", "table1", "yield"),
+                 ("conf. yield", "table1", "confident_yield"), ("AUC", "table2", "auc"),
+                 ("Acc", "table2", "accuracy"), ("macro-F1", "table2", "macro_f1"))
+VERSUS_COLUMNS = (("table1", "multiclass_loss", "Δ MC loss"), ("table1", "yield", "Δ yield"),
+                  ("table2", "auc", "Δ AUC"), ("table2", "accuracy", "Δ Acc"), ("table2", "macro_f1", "Δ macro-F1"))
+
+
+def _pm(summary: dict) -> str:
+    from broaden.reporting.tables import fmt
+
+    if summary["mean"] is None:
+        return "–"
+    # A fixed-point std keeps the columns narrow enough for Table 2's thirteen of them.
+    return fmt(summary["mean"]) + ("" if summary["std"] is None else f"±{summary['std']:.3f}")
+
+
+def _versus(test: dict) -> str:
+    if test["mean_diff"] is None:
+        return "–"
+    p = "" if test["wilcoxon_p"] is None else f" p={test['wilcoxon_p']:.2f}"
+    return f"{test['mean_diff']:+.3f} ({test['wins']}/{test['n']}{p})"
+
+
+def print_tables(results: dict, console=None) -> None:
+    """Table 1, Table 2 and the paired comparison with the reference group, as rich tables."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from broaden.reporting.tables import fmt, make_console
+
+    console = console or make_console()
+    cfg, n = results["config"], len(results["repeats_done"])
+    cols1 = [c for c in TABLE1_COLUMNS if c[1] != "noisy_share" or cfg.get("label_noise") or cfg.get("confusion")]
+    specs = (
+        (f"Table 1 — selected set, round 1 ({cfg.get('discrepancy')} loss, mean ± std over {n} repeat(s))",
+         results["table1"], cols1),
+        (f"Table 2 — test split after {cfg.get('rounds', 1)} round(s) (mean ± std over {n} repeat(s))",
+         results["table2"], TABLE2_COLUMNS),
+    )
+    for title, rows, columns in specs:
+        table = Table(title=title, header_style="bold")
+        table.add_column("group", no_wrap=True)
+        for name, _ in columns:
+            table.add_column(name, justify="right")
+        for group, summaries in rows.items():
+            table.add_row(escape(group), *(_pm(summaries[key]) for _, key in columns))
+        console.print(table)
+    if max(len(r) for r in results["rounds"].values()) > 1:
+        table = Table(title="Per round (Algorithm 1): the round's selection (Table 1) and the model retrained "
+                      "after it (Table 2), mean ± std", header_style="bold")
+        table.add_column("group", no_wrap=True)
+        table.add_column("round", justify="right")
+        for name, *_ in ROUND_COLUMNS:
+            table.add_column(name, justify="right")
+        for group, per_round in results["rounds"].items():
+            for entry in per_round:
+                table.add_row(escape(group), str(entry["round"]),
+                              *(_pm(entry[t][m]) for _, t, m in ROUND_COLUMNS))
+        console.print(table)
+    if results["lookalike"]:
+        table = Table(title="LSB per group, round 1 (mean over repeats): bad cases d > τ1, seeds, kNN "
+                      "candidates after the LT filter, items taken, LT AUC on held-out labelled items",
+                      header_style="bold")
+        table.add_column("group", no_wrap=True)
+        for name in ("bad cases", "seeds", "candidates", "taken", "LT AUC", "τ2"):
+            table.add_column(name, justify="right")
+        for group, info in results["lookalike"].items():
+            cells = [fmt(info[f]["mean"], 1) for f in ("n_bad_cases", "n_seeds", "n_candidates", "n_lsb_selected")]
+            table.add_row(escape(group), *cells, fmt(info["auc"]["mean"]), fmt(info["threshold"], 2))
+        console.print(table)
+    if results["paired_tests"]:
+        table = Table(title=f"vs {results['reference_group']}: mean difference (wins/repeats, Wilcoxon p)",
+                      header_style="bold")
+        table.add_column("group", no_wrap=True)
+        for _, _, name in VERSUS_COLUMNS:
+            table.add_column(name, justify="right")
+        for group, tests in results["paired_tests"].items():
+            table.add_row(escape(group), *(_versus(tests[t][m]) for t, m, _ in VERSUS_COLUMNS))
+        console.print(table)

@@ -1,0 +1,207 @@
+"""``simulate()`` and ``demo()``: run the protocol over K repeats, resumably, and write the result folder.
+
+A repeat is done when ``repeats/repeat-NNN.json`` exists with the folder's configuration hash; its
+Parquet files are written before it, so an interruption at any point loses at most the repeat in
+progress and never leaves a "done" marker without its data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from broaden.errors import BroadenError
+from broaden.io import write_table, write_text
+from broaden.metrics import to_jsonable
+from broaden.simulate.data import SimData, load_sim_data
+from broaden.simulate.groups import build_groups
+from broaden.simulate.oracle import check_confusion, load_confusion, noise_confusion
+from broaden.simulate.protocol import RepeatRun, SimConfig
+from broaden.simulate.results import FORMAT_VERSION, aggregate, print_tables, write_results
+
+DEMO_DEFAULTS = {"dataset": "clickbait", "max_items": 8000, "initial": 500, "budget": 500, "rounds": 1,
+                 "repeats": 1}
+
+
+class SimulationError(BroadenError):
+    """A result folder holding another configuration, or settings the data cannot support."""
+
+
+def config_hash(config: dict) -> str:
+    """Digest of everything that changes results; ``repeats`` is left out so a run can be extended."""
+    payload = {k: v for k, v in config.items() if k not in ("repeats", "config_hash")}
+    return hashlib.sha256(json.dumps(to_jsonable(payload), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data_digest(data: SimData) -> str:
+    h = hashlib.sha256()
+    h.update(np.asarray(data.ids).astype(str).astype("U").tobytes())
+    h.update(data.labels.tobytes())
+    h.update(data.is_test.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _confusion(label_noise: float, confusion, num_classes: int) -> np.ndarray | None:
+    if confusion is not None and label_noise:
+        raise SimulationError("give either --label-noise or --confusion, not both")
+    if confusion is not None:
+        if isinstance(confusion, (str, os.PathLike)):
+            return load_confusion(confusion, num_classes)
+        return check_confusion(np.asarray(confusion, dtype=np.float64), num_classes)
+    return noise_confusion(label_noise, num_classes) if label_noise else None
+
+
+def _repeat_paths(out: Path, repeat: int) -> tuple[Path, Path]:
+    return out / "repeats" / f"repeat-{repeat:03d}.json", out / "repeats" / f"repeat-{repeat:03d}"
+
+
+def _load_done(path: Path, digest: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a damaged record is redone, never trusted
+    return record if record.get("config_hash") == digest else None
+
+
+def _check_folder(out: Path, config: dict) -> None:
+    """Refuse to mix configurations in one folder that already holds finished repeats."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if old.get("config_hash") != config["config_hash"] and any((out / "repeats").glob("repeat-*.json")):
+        changed = sorted(k for k in set(old) | set(config)
+                         if k not in ("repeats", "config_hash") and old.get(k) != config.get(k))
+        raise SimulationError(
+            f"{out}: holds results of a different configuration (changed: {', '.join(changed) or 'data'}); "
+            "use a new --out folder (only --repeats may change when resuming)"
+        )
+
+
+def simulate(
+    dataset: str | SimData,
+    *,
+    out: str | os.PathLike,
+    budget: int = 1000,
+    initial: int = 1000,
+    lsb_share: float = 0.2,
+    rounds: int = 1,
+    repeats: int = 3,
+    seed: int = 0,
+    label_noise: float = 0.0,
+    confusion=None,
+    seeds: int | None = None,
+    seed_threshold: float = 0.5,
+    k: int = 10,
+    lookalike_threshold: float = 0.5,
+    latent: str = "tuned",
+    denoise: bool = False,
+    variants: str | list[str] | None = None,
+    groups: list[str] | None = None,
+    pool_size: int | None = None,
+    max_items: int | None = None,
+    encoder: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    classifier: dict | None = None,
+    index: str = "flat",
+    print_results: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Run the paper's Tables 1–2 protocol (§4.1.2) with an oracle; returns the results.json content.
+
+    ``dataset`` is a registered name (features from the cached frozen encoder) or a ready
+    :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring).
+    """
+    from rich.console import Console
+
+    log = Console(stderr=True, quiet=not progress)
+    if not 0 <= lsb_share <= 1:
+        raise SimulationError(f"--lsb-share must be within 0 … 1, got {lsb_share}")
+    for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats)):
+        if value < 1:
+            raise SimulationError(f"--{name} must be >= 1, got {value}")
+    data = dataset if isinstance(dataset, SimData) else load_sim_data(
+        dataset, data_dir=data_dir, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress)
+    matrix = _confusion(label_noise, confusion, data.num_classes)
+    group_specs = build_groups(latent=latent, denoise=denoise, variants=variants,
+                               dataset_discrepancy=data.discrepancy, num_classes=data.num_classes, include=groups)
+    cfg = SimConfig(budget=budget, initial=initial, lsb_share=lsb_share, rounds=rounds, repeats=repeats, seed=seed,
+                    label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
+                    seeds=seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
+                    index=index, pool_size=pool_size, classifier=dict(classifier or {}))
+    config = {
+        "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
+        "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,
+        **cfg.to_dict(), "latent": latent, "denoise": denoise,
+        "groups": [g.name for g in group_specs], "group_specs": {g.name: vars(g) for g in group_specs},
+        "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
+        "n_train": int((~data.is_test).sum()), "n_test": int(data.is_test.sum()), "data_digest": _data_digest(data),
+    }
+    config["config_hash"] = digest = config_hash(config)
+    out = Path(out)
+    _check_folder(out, config)
+    write_text(json.dumps(to_jsonable(config), indent=1), out / "config.json")
+
+    records = []
+    for r in range(repeats):
+        record_path, frame_dir = _repeat_paths(out, r)
+        done = _load_done(record_path, digest)
+        if done is not None:
+            log.print(f"repeat {r + 1}/{repeats}: already done, skipped")
+            records.append(done)
+            continue
+        log.print(f"repeat {r + 1}/{repeats}: {len(group_specs)} groups × {rounds} round(s) …")
+        record, frames = RepeatRun(data, cfg, group_specs, r, matrix).run()
+        for name, parts in frames.items():
+            parts = [p for p in parts if p.num_rows]
+            if parts:
+                write_table(pa.concat_tables(parts, promote_options="permissive"), frame_dir / f"{name}.parquet")
+        record = {"format_version": FORMAT_VERSION, "config_hash": digest, **record}
+        write_text(json.dumps(to_jsonable(record), indent=1), record_path)
+        log.print(f"repeat {r + 1}/{repeats}: done in {record['seconds']:.0f} s")
+        records.append(record)
+    results = aggregate(to_jsonable(config), records, [g.name for g in group_specs], out)
+    write_results(out, results)
+    if print_results:
+        print_tables(results)
+    return results
+
+
+def demo(out: str | os.PathLike = "demo-output", *, data_dir=None, cache_dir=None, progress: bool = True,
+         report: bool = True, **overrides) -> dict:
+    """One short simulation on the clickbait headlines: a stratified subsample, one round, one repeat.
+
+    Prints both tables and where the full results (and the HTML report, when available) are.
+    """
+    from rich.console import Console
+
+    settings = {**DEMO_DEFAULTS, **overrides}
+    dataset = settings.pop("dataset")
+    results = simulate(dataset, out=out, data_dir=data_dir, cache_dir=cache_dir, progress=progress, **settings)
+    console = Console()
+    console.print(f"Full results: {Path(out).resolve()} (results.json, table1.csv, table2.csv; "
+                  "format in docs/results-format.md)")
+    if report:
+        html = _write_report(Path(out))
+        console.print(f"Report: {html}" if html else "Report: `broaden report` is not available in this install")
+    return results
+
+
+def _write_report(out: Path) -> Path | None:
+    try:
+        from broaden.report import report as make_report
+    except ImportError:
+        return None
+    html = out / "report.html"
+    make_report(out, out=html)
+    return html
