@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from broaden.cli import main
 from broaden.errors import ScoredTableError
+from broaden import io
 from broaden.io import make_scored_table, write_table
 from broaden.lsb import LookalikeModel, lsb, seed_bad_cases
 from broaden.lsb.lookalike import LookalikeError
@@ -269,3 +270,27 @@ def test_select_mixes_statistical_al_and_lsb(rng):
     assert all(r["score"] > 0.5 for r in lt_rows)
     assert [r["score"] for r in lt_rows] == sorted((r["score"] for r in lt_rows), reverse=True)
     assert all(r["id"] in cand for r in lt_rows)
+    # select keeps LSB provenance: the lookalike score is the score it ranked by, the similarity is the
+    # cosine to the named seed; statistical picks carry none.
+    lab_emb = dict(zip(labeled.column("id").to_pylist(), io.list_matrix(labeled.column("embedding"))))
+    for r in lt_rows:
+        assert r["lookalike_score"] == pytest.approx(r["score"])
+        e, s = np.asarray(r["embedding"]), lab_emb[r["seed_id"]]
+        assert r["similarity"] == pytest.approx(e @ s / np.linalg.norm(e) / np.linalg.norm(s), abs=1e-5)
+        assert r["seed_id"] in r["seed_ids"]
+    assert all(r["seed_id"] is None and r["similarity"] is None for r in out.to_pylist() if r["strategy"] == "entropy")
+
+
+def test_select_cli_passes_lsb_options(tmp_path, rng):
+    labeled, pool = world(rng)
+    write_table(labeled, tmp_path / "lab.parquet")
+    write_table(pool, tmp_path / "pool.parquet")
+    out = tmp_path / "sel.parquet"
+    assert main(["select", str(tmp_path / "pool.parquet"), "--strategy", "entropy:0.5,lsb-lt:0.5", "--budget", "30",
+                 "--labeled", str(tmp_path / "lab.parquet"), "--out", str(out), "--seed-threshold", "0.4",
+                 "--seeds", "25", "--lookalike-threshold", "0.6", "--index", "flat", "--k", "7"]) == 0
+    rows = [r for r in pq.read_table(out).to_pylist() if r["strategy"] == "lsb-lt"]
+    ref = lsb(labeled, pool, seeds=25, seed_threshold=0.4, k=7, index="flat", lookalike_threshold=0.6)
+    allowed = set(ref.candidates.column("id").to_pylist())
+    assert rows and all(r["lookalike_score"] > 0.6 and r["neighbor_rank"] <= 7 for r in rows)
+    assert {r["id"] for r in rows} <= allowed

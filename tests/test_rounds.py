@@ -202,16 +202,16 @@ def test_lsb_mix_records_seed_provenance(world):
     with Ledger.open(ws / "ledger.sqlite") as led:
         ledger_seed = {i["item_key"]: (i["seed_id"], i["similarity"], i["lookalike_score"]) for i in led.items(1)}
     for row in rows:
-        s = seed_emb[row["seed_id"]]
+        s = seed_emb[str(row["seed_id"])]
         e = np.asarray(row["embedding"])
         assert row["similarity"] == pytest.approx(e @ s / np.linalg.norm(e) / np.linalg.norm(s), abs=1e-5)
-        # lsb-lt ranks by the lookalike score: the selector's score and the recovered provenance agree.
+        # lsb-lt ranks by the lookalike score: the selector's score and the provenance agree.
         assert row["lookalike_score"] == pytest.approx(row["score"]) and row["lookalike_score"] > 0.3
-        assert ledger_seed[str(row["id"])] == (row["seed_id"], pytest.approx(row["similarity"]),
+        assert ledger_seed[str(row["id"])] == (str(row["seed_id"]), pytest.approx(row["similarity"]),
                                                pytest.approx(row["lookalike_score"]))
     tasks = json.loads((ws / "rounds/0001/export/tasks.json").read_text())
     meta = {t["data"]["id"]: t["meta"] for t in tasks}
-    assert all(meta[r["id"]]["seed_id"] == r["seed_id"] for r in rows)
+    assert all(str(meta[r["id"]]["seed_id"]) == str(r["seed_id"]) for r in rows)
     assert all(m["seed_id"] is None for m in meta.values() if m["strategy"] == "entropy")
 
 

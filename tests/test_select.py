@@ -241,6 +241,7 @@ def test_mix_respects_shares_and_dedups(rng):
 
 
 def test_mix_shortfall_flows_to_later_then_earlier_strategies(rng, monkeypatch):
+    registry.available_strategies()  # register the plugin strategies in the real registry before copying it
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_strategy("five", lambda pool, n, ctx: _five(n, ctx))
     table = make_scored_table(np.arange(200), rng.dirichlet(np.ones(3), size=200))
@@ -263,6 +264,7 @@ def _five(n, ctx):
 
 
 def test_needs_labeled_and_unknown_strategy(rng, monkeypatch):
+    registry.available_strategies()  # register the plugin strategies in the real registry before copying it
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_strategy("needy", lambda pool, n, ctx: (np.array([0]), np.array([1.0])), needs_labeled=True)
     table = make_scored_table(np.arange(10), rng.dirichlet(np.ones(3), size=10))

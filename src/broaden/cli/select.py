@@ -20,6 +20,17 @@ OPTIONS = {
     "--uncertainty": ("uncertainty", str, "hw: entropy (default), margin or least_confident"),
     "--dirty-bound": ("dirty_bound", float, "hw + --labeled: relabel the worst suspected mislabels until "
                       "at most this share of the labelled set is suspect"),
+    "--seeds": ("seeds", int, "lsb: at most this many seed bad cases (1000)"),
+    "--seed-threshold": ("seed_threshold", float, "lsb: T1, seeds have discrepancy d > T1 (0.5)"),
+    "--discrepancy": ("discrepancy", str, "lsb: ordinal |y-E[x]|/(C-1) (default) or nominal 1-p_y"),
+    "--per-class-cap": ("per_class_cap", int, "lsb: at most this many seeds per label"),
+    "--k": ("k", int, "lsb: neighbours per seed (default max(10, 2*share/seeds))"),
+    "--lookalike-threshold": ("lookalike_threshold", float, "lsb-lt: T2, keep P(bad case|embedding) > T2 (0.5)"),
+    "--index": ("index", str, "lsb: kNN index auto|flat|ivf|hnsw|ivfpq (auto)"),
+    "--metric": ("metric", str, "lsb: cosine (default) or l2"),
+    "--target-recall": ("target_recall", float, "lsb: recall@k an approximate index is calibrated to (0.95)"),
+    "--memory-gb": ("memory_gb", float, "lsb: memory budget for the index (8)"),
+    "--index-dir": ("index_dir", str, "lsb: where saved indexes live (default beside the pool)"),
 }
 
 
@@ -40,15 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
     add_column_flags(p)
     add_engine_flags(p)
+    g = p.add_argument_group("strategy options (qbc, hw, lsb/lsb-lt); unset ones keep the API defaults")
     for flag, (_, typ, text) in OPTIONS.items():
-        p.add_argument(flag, type=typ, help=text)
+        g.add_argument(flag, type=typ, help=text)
+    g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,
+                   help="lsb: drop seeds that confident learning flags as likely mislabelled")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from broaden.select import select
 
-    options = {name: getattr(args, name) for name, _, _ in OPTIONS.values() if getattr(args, name) is not None}
+    names = [name for name, _, _ in OPTIONS.values()] + ["denoise"]
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     with engine_from_args(args) as engine:
         table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
                        labeled=args.labeled, columns=columns_from_args(args), out=args.out,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from broaden.io import id_keys
 from broaden.lsb.broaden import lsb
@@ -25,9 +26,10 @@ from broaden.select.registry import SelectContext, register_strategy
 LSB_OPTIONS = ("seeds", "seed_threshold", "k", "lookalike_threshold", "index", "metric", "discrepancy",
                "per_class_cap", "denoise", "target_recall", "memory_gb", "index_dir")
 DEFAULT_LOOKALIKE_THRESHOLD = 0.5
+PROVENANCE = ("seed_id", "seed_ids", "neighbor_rank", "similarity", "lookalike_score")
 
 
-def _ranked(pool, n: int, ctx: SelectContext, *, filtered: bool) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(pool, n: int, ctx: SelectContext, *, filtered: bool) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     opts = {k: v for k, v in ctx.options.items() if k in LSB_OPTIONS and v is not None}
     if "k" not in opts:
         opts["k"] = max(10, math.ceil(2 * n / max(1, opts.get("seeds") or 1000)))
@@ -46,15 +48,16 @@ def _ranked(pool, n: int, ctx: SelectContext, *, filtered: bool) -> tuple[np.nda
     else:
         score, order = sim, np.lexsort((ids, -sim))
     order = order[:n]
-    return ids[order], score[order]
+    details = cand.select([c for c in PROVENANCE if c in cand.column_names]).take(pa.array(order))
+    return ids[order], score[order], details
 
 
-def lsb_strategy(pool, n: int, ctx: SelectContext) -> tuple[np.ndarray, np.ndarray]:
+def lsb_strategy(pool, n: int, ctx: SelectContext) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     """LSB candidates ranked by similarity to their seed (score = similarity)."""
     return _ranked(pool, n, ctx, filtered=False)
 
 
-def lsb_lt_strategy(pool, n: int, ctx: SelectContext) -> tuple[np.ndarray, np.ndarray]:
+def lsb_lt_strategy(pool, n: int, ctx: SelectContext) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     """LT-filtered LSB candidates ranked by P(z=1|h) (score = lookalike probability)."""
     return _ranked(pool, n, ctx, filtered=True)
 

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 
 from broaden import io
 from broaden.rounds.ledger import ItemRecord, Ledger, fault_point
-from broaden.rounds.provenance import add_lsb_provenance, uses_lsb
 from broaden.rounds.workspace import (
     MODEL_ID_KEY, Workspace, WorkspaceError, embedding_version, key_strings, matrix, require_config,
 )
@@ -61,8 +60,6 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
                    "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
         batch = ws.select(pool, strategy, budget, exclude=sorted(blocked), seed=run_seed, labeled=labeled,
                           columns=cols, engine=engine, **options)
-        batch = add_lsb_provenance(batch, pool=pool, spec=strategy, budget=budget, labeled=labeled, blocked=blocked,
-                                   seed=run_seed, columns=cols, options=options)
         items = _item_records(batch, ledger, cols, pool)
         batch = batch.append_column("round", pa.array([number] * batch.num_rows, pa.int64()))
         io.write_table(batch, ws.batch_path(number))
@@ -112,7 +109,10 @@ def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: 
 
 def _labeled_for(ws: Workspace, ledger: Ledger, strategy: str, version: str, pool: str):
     """The labelled set LSB seeds come from, refusing one kNN search over two embedding versions."""
-    if not uses_lsb(strategy):
+    from broaden.select import parse_spec
+    from broaden.select.registry import get_strategy
+
+    if not any(get_strategy(name).needs_labeled for name, _ in parse_spec(strategy)):
         return None
     labeled = ws.labeled_table(ledger)
     cols = ws.config.cols

@@ -14,8 +14,10 @@ Mix semantics (``"entropy:0.6,margin:0.2,random:0.2"`` or ``{"entropy": 0.6, ...
   before the budget is filled, that is an error naming the shortfall.
 * A budget larger than the eligible pool (rows minus excluded ids) is an error that says so.
 
-The output has ``id``, ``strategy``, ``score``, ``rank`` (1 = the strategy's best pick) and every other
-pool column; a pool column named ``strategy``/``score``/``rank`` is kept as ``pool_<name>``.
+The output has ``id``, ``strategy``, ``score``, ``rank`` (1 = the strategy's best pick), the provenance
+columns a strategy reports (LSB: ``seed_id``, ``seed_ids``, ``neighbor_rank``, ``similarity``,
+``lookalike_score``; null on rows of strategies that have none) and every other pool column; a pool column
+whose name is taken is kept as ``pool_<name>``.
 """
 from __future__ import annotations
 
@@ -31,9 +33,6 @@ from broaden.select.pool import (
     BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, pool_rows, read_ids,
 )
 from broaden.select.registry import SelectContext, check_labeled, get_strategy
-
-OUTPUT_COLUMNS = ("strategy", "score", "rank")
-
 
 def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
     """``"entropy:0.6,margin:0.4"`` (or a dict) → [(name, share), …] with shares summing to 1."""
@@ -135,23 +134,26 @@ def select(
 
     quotas = largest_remainder(budget, [share for _, share in plan])
     chosen = user_exclude.union(())
-    picks: list[tuple[str, np.ndarray, np.ndarray]] = []
+    picks: list[tuple[str, np.ndarray, np.ndarray, pa.Table | None]] = []
     exhausted = [False] * len(plan)
     carry = 0
 
     def run(i: int, want: int) -> int:
         s = strategies[i]
         ctx.exclude = chosen
-        ids, scores = s.fn(pool, want, ctx)
+        ids, scores, *rest = s.fn(pool, want, ctx)
+        details = rest[0] if rest else None  # optional provenance, one row per returned id
         ids, scores = np.asarray(ids), np.asarray(scores, dtype=np.float64)
         # Guard against a plugin returning excluded or repeated ids: an item counts once.
         fresh = ~chosen.contains(ids) if len(ids) else np.zeros(0, bool)
         _, first = np.unique(ids, return_index=True)
         fresh &= np.isin(np.arange(len(ids)), first)
         ids, scores = ids[fresh][:want], scores[fresh][:want]
+        if details is not None:
+            details = details.filter(pa.array(fresh)).slice(0, len(ids))
         chosen.add(ids)
         if len(ids):
-            picks.append((s.name, ids, scores))
+            picks.append((s.name, ids, scores, details))
         if len(ids) < want:
             exhausted[i] = True
         return want - len(ids)
@@ -175,9 +177,23 @@ def select(
     return table
 
 
+def _provenance(picks) -> dict[str, pa.ChunkedArray]:
+    """The strategies' provenance columns over all picks, null where a strategy reported none."""
+    types: dict[str, pa.DataType] = {}
+    for *_, details in picks:
+        for field in details.schema if details is not None else ():
+            types.setdefault(field.name, field.type)
+    out = {}
+    for name, typ in types.items():
+        chunks = [details.column(name).cast(typ) if details is not None and name in details.column_names
+                  else pa.nulls(len(ids), typ) for _, ids, _, details in picks]
+        out[name] = pa.chunked_array(chunks, typ).combine_chunks()
+    return out
+
+
 def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
     names, ranks, all_ids, all_scores = [], [], [], []
-    for name, ids, scores in picks:
+    for name, ids, scores, _ in picks:
         # Several calls for one strategy (shortfall refill) continue its rank numbering.
         start = sum(len(r) for n, r in zip(names, ranks) if n == name)
         names.append(name)
@@ -192,6 +208,7 @@ def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
         "strategy": pa.array(labels.tolist(), type=pa.string()),
         "score": pa.array(np.concatenate(all_scores)),
         "rank": pa.array(np.concatenate(ranks)),
+        **_provenance(picks),
     }
     arrays, fields = [], []
     for name, arr in front.items():
@@ -200,7 +217,7 @@ def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
     for field in rows.schema:
         if field.name == columns.id:
             continue
-        name = f"pool_{field.name}" if field.name in OUTPUT_COLUMNS else field.name
+        name = f"pool_{field.name}" if field.name in front else field.name
         fields.append(field.with_name(name))
         arrays.append(rows.column(field.name))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=rows.schema.metadata))

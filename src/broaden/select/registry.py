@@ -1,7 +1,8 @@
-"""Strategy registry: name → function ``fn(pool, n, ctx) -> (ids, scores)``, ranked best-first.
+"""Strategy registry: name → function ``fn(pool, n, ctx) -> (ids, scores[, details])``, ranked best-first.
 
 A strategy returns up to ``n`` eligible ids (never one in ``ctx.exclude``) with their scores, best
-first. Built-in strategies register on import of :mod:`broaden.select.strategies`; LSB strategies
+first, and optionally ``details``: a pa.Table with one row per returned id holding provenance columns
+that ``select`` copies into its output (LSB reports the seed, rank, similarity and lookalike score). Built-in strategies register on import of :mod:`broaden.select.strategies`; LSB strategies
 (``lsb``, ``lsb-lt``) live in ``broaden.lsb.strategy`` and are imported the first time a name is not
 found, so selection never imports LSB at module load (no import cycle).
 """
