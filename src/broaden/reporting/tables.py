@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AUC", ("auc",)),
@@ -42,14 +43,23 @@ def make_console(stderr: bool = False) -> Console:
     return probe if probe.is_terminal else Console(stderr=stderr, width=200)
 
 
+def print_table(title: str | None, header: Sequence[str], rows: Iterable[Sequence[str]], *,
+                console: Console | None = None, labels: int = 1) -> None:
+    """A rich table whose first ``labels`` columns name the row and the rest hold right-aligned numbers.
+
+    Cells are printed literally (no rich markup), so data-derived names cannot restyle the output.
+    """
+    table = Table(title=title, header_style="bold")
+    for i, name in enumerate(header):
+        table.add_column(name, no_wrap=i < labels, justify="left" if i < labels else "right")
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    (console or make_console()).print(table)
+
+
 def print_metrics_table(results: Mapping[str, Mapping], *, title: str | None = None,
                         console: Console | None = None) -> None:
     """One row per named result dict from :func:`broaden.metrics.evaluate`."""
-    table = Table(title=title, header_style="bold")
-    table.add_column("run", overflow="fold")
-    table.add_column("n", justify="right")
-    for name, _ in METRIC_COLUMNS:
-        table.add_column(name, justify="right")
-    for run, result in results.items():
-        table.add_row(run, str(result.get("n", "")), *(fmt(lookup(result, path)) for _, path in METRIC_COLUMNS))
-    (console or make_console()).print(table)
+    rows = ((run, str(result.get("n", "")), *(fmt(lookup(result, path)) for _, path in METRIC_COLUMNS))
+            for run, result in results.items())
+    print_table(title, ["run", "n", *(name for name, _ in METRIC_COLUMNS)], rows, console=console)

@@ -134,11 +134,8 @@ def _versus(test: dict) -> str:
 
 
 def print_tables(results: dict, console=None) -> None:
-    """Table 1, Table 2 and the paired comparison with the reference group, as rich tables."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from broaden.reporting.tables import fmt, make_console
+    """Table 1, Table 2, the per-round trend, the LSB summary and the paired comparison, as rich tables."""
+    from broaden.reporting.tables import fmt, make_console, print_table
 
     console = console or make_console()
     cfg, n = results["config"], len(results["repeats_done"])
@@ -150,42 +147,26 @@ def print_tables(results: dict, console=None) -> None:
          results["table2"], TABLE2_COLUMNS),
     )
     for title, rows, columns in specs:
-        table = Table(title=title, header_style="bold")
-        table.add_column("group", no_wrap=True)
-        for name, _ in columns:
-            table.add_column(name, justify="right")
-        for group, summaries in rows.items():
-            table.add_row(escape(group), *(_pm(summaries[key]) for _, key in columns))
-        console.print(table)
+        print_table(title, ["group", *(name for name, _ in columns)],
+                    ((group, *(_pm(summaries[key]) for _, key in columns)) for group, summaries in rows.items()),
+                    console=console)
     if max(len(r) for r in results["rounds"].values()) > 1:
-        table = Table(title="Per round (Algorithm 1): the round's selection (Table 1) and the model retrained "
-                      "after it (Table 2), mean ± std", header_style="bold")
-        table.add_column("group", no_wrap=True)
-        table.add_column("round", justify="right")
-        for name, *_ in ROUND_COLUMNS:
-            table.add_column(name, justify="right")
-        for group, per_round in results["rounds"].items():
-            for entry in per_round:
-                table.add_row(escape(group), str(entry["round"]),
-                              *(_pm(entry[t][m]) for _, t, m in ROUND_COLUMNS))
-        console.print(table)
+        print_table("Per round (Algorithm 1): the round's selection (Table 1) and the model retrained after it "
+                    "(Table 2), mean ± std", ["group", "round", *(name for name, *_ in ROUND_COLUMNS)],
+                    ((group, str(entry["round"]), *(_pm(entry[t][m]) for _, t, m in ROUND_COLUMNS))
+                     for group, per_round in results["rounds"].items() for entry in per_round),
+                    console=console, labels=2)
     if results["lookalike"]:
-        table = Table(title="LSB per group, round 1 (mean over repeats): bad cases d > τ1, seeds, kNN "
-                      "candidates after the LT filter, items taken, LT AUC on held-out labelled items",
-                      header_style="bold")
-        table.add_column("group", no_wrap=True)
-        for name in ("bad cases", "seeds", "candidates", "taken", "LT AUC", "τ2"):
-            table.add_column(name, justify="right")
-        for group, info in results["lookalike"].items():
-            cells = [fmt(info[f]["mean"], 1) for f in ("n_bad_cases", "n_seeds", "n_candidates", "n_lsb_selected")]
-            table.add_row(escape(group), *cells, fmt(info["auc"]["mean"]), fmt(info["threshold"], 2))
-        console.print(table)
+        counts = ("n_bad_cases", "n_seeds", "n_candidates", "n_lsb_selected")
+        print_table("LSB per group, round 1 (mean over repeats): bad cases d > τ1, seeds, kNN candidates after "
+                    "the LT filter, items taken, LT AUC on held-out labelled items",
+                    ["group", "bad cases", "seeds", "candidates", "taken", "LT AUC", "τ2"],
+                    ((group, *(fmt(info[f]["mean"], 1) for f in counts), fmt(info["auc"]["mean"]),
+                      fmt(info["threshold"], 2)) for group, info in results["lookalike"].items()),
+                    console=console)
     if results["paired_tests"]:
-        table = Table(title=f"vs {results['reference_group']}: mean difference (wins/repeats, Wilcoxon p)",
-                      header_style="bold")
-        table.add_column("group", no_wrap=True)
-        for _, _, name in VERSUS_COLUMNS:
-            table.add_column(name, justify="right")
-        for group, tests in results["paired_tests"].items():
-            table.add_row(escape(group), *(_versus(tests[t][m]) for t, m, _ in VERSUS_COLUMNS))
-        console.print(table)
+        print_table(f"vs {results['reference_group']}: mean difference (wins/repeats, Wilcoxon p)",
+                    ["group", *(name for *_, name in VERSUS_COLUMNS)],
+                    ((group, *(_versus(tests[t][m]) for t, m, _ in VERSUS_COLUMNS))
+                     for group, tests in results["paired_tests"].items()),
+                    console=console)
