@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(os.environ.get("BROADEN_BENCH_DIR", "/tmp/broaden-bench"))
+from _data import ROOT, cached  # noqa: E402  (sibling module: benchmarks run as scripts)
 DIM, CLUSTERS, CLASSES, K = 384, 1000, 4, 10
 CHUNK = 250_000
 
@@ -66,22 +65,15 @@ def make_chunk(n: int, chunk_seed: int, start_id: int, labelled: bool) -> pa.Tab
 
 
 def generate(name: str, rows: int, *, labelled: bool, id_base: int, seed_base: int) -> Path:
-    folder = ROOT / name
-    marker = folder / "_DONE.json"
     spec = {"rows": rows, "labelled": labelled, "id_base": id_base, "seed_base": seed_base, "dim": DIM,
             "clusters": CLUSTERS, "chunk": CHUNK, "version": 2}
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("*.parquet"):
-        f.unlink()
-    t0 = time.perf_counter()
-    for i, start in enumerate(range(0, rows, CHUNK)):
-        table = make_chunk(min(CHUNK, rows - start), seed_base + i, id_base + start, labelled)
-        pq.write_table(table, folder / f"part-{i:05d}.parquet", compression="none", row_group_size=65_536)
-    marker.write_text(json.dumps(spec))
-    print(f"generated {name}: {rows:,} rows in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder
+
+    def write(folder: Path) -> None:
+        for i, start in enumerate(range(0, rows, CHUNK)):
+            table = make_chunk(min(CHUNK, rows - start), seed_base + i, id_base + start, labelled)
+            pq.write_table(table, folder / f"part-{i:05d}.parquet", compression="none", row_group_size=65_536)
+
+    return cached(ROOT / name, spec, write)
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:

@@ -15,19 +15,16 @@ generated once, deterministically, under $BROADEN_BENCH_DIR (default /tmp/broade
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(os.environ.get("BROADEN_BENCH_DIR", "/tmp/broaden-bench"))
+from _data import ROOT, cached  # noqa: E402  (sibling module: benchmarks run as scripts)
 CLASSES = 4
 FILES = 10
 
@@ -44,35 +41,28 @@ top.to_parquet(out)
 
 
 def generate(rows: int) -> Path:
-    folder = ROOT / f"select-pool-{rows}"
-    marker = folder / "_DONE.json"
     spec = {"rows": rows, "classes": CLASSES, "files": FILES, "version": 1}
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in folder.glob("*.parquet"):
-        f.unlink()
-    t0 = time.perf_counter()
-    per = -(-rows // FILES)
-    for i, start in enumerate(range(0, rows, per)):
-        n = min(per, rows - start)
-        rng = np.random.default_rng([i, 2024])
-        # A peaked Dirichlet per row (the predicted class varies), so entropies spread over 0 … log 4.
-        alpha = np.full((n, CLASSES), 0.4)
-        alpha[np.arange(n), rng.integers(0, CLASSES, n)] = 4.0
-        probs = rng.gamma(alpha)
-        probs /= probs.sum(axis=1, keepdims=True)
-        flat = pa.array(probs.astype(np.float32).ravel())
-        offsets = pa.array(np.arange(0, (n + 1) * CLASSES, CLASSES, dtype=np.int32))
-        table = pa.table({
-            "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
-            "label": pa.nulls(n, pa.int64()),
-            "probs": pa.ListArray.from_arrays(offsets, flat),
-        })
-        pq.write_table(table, folder / f"part-{i:03d}.parquet", compression="zstd")
-    marker.write_text(json.dumps(spec))
-    print(f"generated {rows:,} rows in {time.perf_counter() - t0:.1f} s → {folder}", file=sys.stderr)
-    return folder
+
+    def write(folder: Path) -> None:
+        per = -(-rows // FILES)
+        for i, start in enumerate(range(0, rows, per)):
+            n = min(per, rows - start)
+            rng = np.random.default_rng([i, 2024])
+            # A peaked Dirichlet per row (the predicted class varies), so entropies spread over 0 … log 4.
+            alpha = np.full((n, CLASSES), 0.4)
+            alpha[np.arange(n), rng.integers(0, CLASSES, n)] = 4.0
+            probs = rng.gamma(alpha)
+            probs /= probs.sum(axis=1, keepdims=True)
+            flat = pa.array(probs.astype(np.float32).ravel())
+            offsets = pa.array(np.arange(0, (n + 1) * CLASSES, CLASSES, dtype=np.int32))
+            table = pa.table({
+                "id": pa.array(np.arange(start, start + n, dtype=np.int64)),
+                "label": pa.nulls(n, pa.int64()),
+                "probs": pa.ListArray.from_arrays(offsets, flat),
+            })
+            pq.write_table(table, folder / f"part-{i:03d}.parquet", compression="zstd")
+
+    return cached(ROOT / f"select-pool-{rows}", spec, write)
 
 
 def measure(cmd: list[str]) -> tuple[float, float]:
