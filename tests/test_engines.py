@@ -7,7 +7,6 @@ local engine running the same data and brute-force numpy (sorts, exact dot produ
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import signal
 import sys
@@ -141,25 +140,6 @@ def test_top_k_equals_local_and_brute_force(engine, world, tmp_path, string_ids)
     assert len(np.unique(got[1])) < 300  # the tie block is really exercised
 
 
-def _ray_select(engine, monkeypatch):
-    """``select`` running on ``engine``: its own ``engine=`` hook when present, else the patch proposed to
-    the select/lsb owners applied here (stream_top → engine.top_k, build_index → engine.build_index)."""
-    from broaden.select import select
-
-    if "engine" in inspect.signature(select).parameters:
-        return functools.partial(select, engine=engine), True
-    import broaden.lsb.broaden as lsb_mod
-    import broaden.select.strategies as strategies
-
-    def stream_top(pool, n, ctx, priority, *, prob_cols, extra_cols=(), description="scoring pool"):
-        return engine.top_k(pool, n, ctx.columns, priority, prob_cols=prob_cols, extra_cols=extra_cols,
-                            exclude=ctx.exclude, batch_size=ctx.batch_size, description=description)
-
-    monkeypatch.setattr(strategies, "stream_top", stream_top)
-    monkeypatch.setattr(lsb_mod, "build_index", engine.build_index)
-    return select, False
-
-
 SPECS = [
     ("random", {}), ("least_confident", {}), ("margin", {}), ("entropy", {}),
     ("qbc", {"committee_cols": "probs_a,probs_b"}),
@@ -174,18 +154,15 @@ SPECS = [
 
 
 @pytest.mark.parametrize("spec,options", SPECS, ids=[f"{s}-{i}" for i, (s, _) in enumerate(SPECS)])
-def test_select_every_strategy_equals_local(engine, world, monkeypatch, spec, options):
-    from broaden.select import select as local_select
+def test_select_every_strategy_equals_local(engine, world, spec, options):
+    from broaden.select import select
 
     pool_dir, labeled = world
     opts = dict(options)
     if opts.pop("labeled", False):
         opts["labeled"] = str(labeled)
-    want = local_select(pool_dir, spec, 250, exclude=list(range(10_400, 10_700)), seed=3, **opts)
-    ray_select, hooked = _ray_select(engine, monkeypatch)
-    if "hw" in spec and not hooked:
-        pytest.skip("hw runs on an engine once broaden.select has its engine= hook (patch in the issue 9 report)")
-    got = ray_select(pool_dir, spec, 250, exclude=list(range(10_400, 10_700)), seed=3, **opts)
+    want = select(pool_dir, spec, 250, exclude=list(range(10_400, 10_700)), seed=3, **opts)
+    got = select(pool_dir, spec, 250, exclude=list(range(10_400, 10_700)), seed=3, engine=engine, **opts)
     assert got.num_rows == 250
     assert got.equals(want), (got.slice(0, 5).to_pylist(), want.slice(0, 5).to_pylist())
 
@@ -361,8 +338,6 @@ def test_score_command_on_ray_equals_local(engine, tmp_path):
     """``broaden score`` (tiny VLMAE model, audio + frames + text) through each engine, failures included."""
     from broaden.models.score import score
 
-    if "engine" not in inspect.signature(score).parameters:
-        pytest.skip("broaden.models.score has no engine= hook yet (patch in the issue 9 report)")
     from broaden.io import read_table
     from broaden.models.config import run_config_from_dict
     from broaden.models.testing import tiny_hf_encoder, tiny_tokenizer, tiny_whisper_config, tone_items

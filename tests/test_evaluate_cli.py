@@ -46,3 +46,10 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "bad.parquet")]) == 2
     err = capsys.readouterr().err
     assert "bad.parquet" in err and "sum to" in err and "Traceback" not in err
+
+
+def test_positive_outside_the_classes_is_one_clear_line(tmp_path, capsys):
+    _scored(tmp_path / "a.parquet", 3)
+    assert main(["evaluate", str(tmp_path / "a.parquet"), "--positive", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "a.parquet" in err and "positive classes [7]" in err and "Traceback" not in err

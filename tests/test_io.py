@@ -185,3 +185,31 @@ def test_duplicate_id_row_is_counted_within_the_file(tmp_path):
     batches = io.iter_batches(path, batch_size=8, validator=io.Validator())
     with pytest.raises(ScoredTableError, match=r"t\.parquet row 3 and .*t\.parquet row 29"):
         list(batches)
+
+
+def test_float_labels_with_nan_mean_unlabelled(tmp_path):
+    # pandas writes a nullable integer column as float64 with NaN for the missing values
+    t = _table(n=4, c=3)
+    t = t.set_column(t.schema.get_field_index("label"), "label", pa.array([0.0, np.nan, 2.0, None]))
+    back = _read(_write(tmp_path, t))
+    assert io.labels_array(back["label"]).tolist() == [0, -1, 2, -1]
+
+
+def test_file_without_rows_still_checked_for_columns(tmp_path):
+    path = _write(tmp_path, _table(n=0).drop_columns(["probs"]))
+    with pytest.raises(ScoredTableError, match=r"t\.parquet: missing column\(s\) 'probs'"):
+        _read(path)
+
+
+def test_list_of_non_numbers_named(tmp_path):
+    t = _table(n=2, c=2)
+    t = t.set_column(t.schema.get_field_index("probs"), "probs", pa.array([["a", "b"], ["c", "d"]]))
+    with pytest.raises(ScoredTableError, match=r"t\.parquet: column 'probs' must be a list of floats"):
+        _read(_write(tmp_path, t))
+
+
+def test_count_rows_of_unreadable_file_named(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(ScoredTableError, match=r"bad\.parquet: not a readable Parquet file"):
+        io.count_rows(bad)

@@ -142,6 +142,41 @@ def test_saved_index_reused_then_rebuilt_when_pool_changes(tmp_path, pool_data):
     assert len(list(cache.iterdir())) == 1  # the stale entry is gone
 
 
+def test_reused_index_is_recalibrated_for_a_new_recall_target_or_k(tmp_path, pool_data):
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    cache = tmp_path / "cache"
+    loose = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache, target_recall=0.5,
+                        index_params={"nlist": 64})
+    assert loose.info["reused"] is False and loose.info["calibration"]["target"] == 0.5
+    strict = build_index(pool, index="ivf", queries=q, k=10, index_dir=cache, target_recall=0.99,
+                         index_params={"nlist": 64})
+    assert strict.info["reused"] is True  # same index file, searched with a breadth measured for k=10, 0.99
+    assert strict.info["calibration"]["target"] == 0.99 and strict.info["calibration"]["k"] == 10
+    assert strict.breadth > loose.breadth
+    truth = brute_force(q, x, 10)[0]
+    assert recall_at_k(strict.search(q, 10).positions, truth) >= 0.98
+    same = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache, target_recall=0.5,
+                       index_params={"nlist": 64})
+    assert same.info["reused"] is True and same.breadth == loose.breadth
+
+
+def test_index_params_and_metric_errors_are_broaden_errors(pool_data):
+    from broaden.errors import BroadenError
+
+    ids, x, q = pool_data
+    table = make_scored_table(ids, embedding=x)
+    for kind, params, msg in [("ivf", {"foo": 3}, "unknown ivf index parameter.*foo.*nlist, codec"),
+                              ("ivf", {"nlist": 0}, "nlist must be a positive integer"),
+                              ("ivf", {"nlist": 10_000}, "nlist=10000 exceeds the pool's 6000 rows"),
+                              ("ivf", {"codec": "XYZ"}, "FAISS rejects index 'IVF.*,XYZ'"),
+                              ("hnsw", {"M": "many"}, "M must be a positive integer")]:
+        with pytest.raises(BroadenError, match=msg):
+            build_index(table, index=kind, queries=q, k=5, index_params=params, save=False)
+    with pytest.raises(BroadenError, match="unknown metric 'dot'"):
+        build_index(table, index="flat", metric="dot")
+
+
 def test_saved_index_default_location_is_beside_the_pool(tmp_path, pool_data):
     ids, x, q = pool_data
     pool = tmp_path / "pool.parquet"

@@ -253,6 +253,21 @@ def test_cli_dimension_mismatch_is_one_line(rng, tmp_path, capsys):
     assert not (tmp_path / "o.parquet").exists()
 
 
+def test_bad_k_and_metric_are_one_line_errors(rng, tmp_path, capsys):
+    labeled, pool = world(rng, n_lab=100, n_pool=200)
+    write_table(labeled, tmp_path / "lab.parquet")
+    write_table(pool, tmp_path / "pool.parquet")
+    args = ["--labeled", str(tmp_path / "lab.parquet"), "--out", str(tmp_path / "o.parquet"), "--seed-threshold", "0.4"]
+    assert main(["lsb", "--pool", str(tmp_path / "pool.parquet"), *args, "--k", "0"]) == 2
+    assert "error: k (neighbours per seed) must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["select", str(tmp_path / "pool.parquet"), "--strategy", "lsb", "--budget", "5", *args,
+                 "--metric", "dot"]) == 2
+    assert "error: unknown metric 'dot'" in capsys.readouterr().err
+    assert main(["lsb", "--pool", str(tmp_path / "pool.parquet"), *args, "--lookalike-out", str(tmp_path / "lt.json")]) == 2
+    assert "none is fitted without --lookalike-threshold" in capsys.readouterr().err
+    assert not (tmp_path / "o.parquet").exists() and not (tmp_path / "lt.json").exists()
+
+
 # ------------------------------------------------------------------------------------------- select
 def test_select_mixes_statistical_al_and_lsb(rng):
     from broaden.select import select

@@ -328,6 +328,24 @@ def test_conflicts_majority_and_ties(world, started):
     assert status(ws)["rounds"][1]["labelled"] == 1
 
 
+def test_annotator_going_back_to_an_earlier_label_counts_the_latest(world, started):
+    ws, ids = started
+    item = ids[0]
+    for n, label in enumerate([1, 2, 1, 1]):  # files one after another; the last repeats the latest vote
+        path = world.root / f"alice-{n}.csv"
+        path.write_text(f"id,annotator,label\n{item},alice,{label}\n" + "\n" * n)  # distinct bytes per file
+        new = round_import(ws, path).new
+        assert new == (0 if n == 3 else 1), n
+    with Ledger.open(ws / "ledger.sqlite") as led:
+        from broaden.rounds import resolve_votes
+
+        assert resolve_votes(led.votes())[(item, 1)].label == 1
+        assert led.counts()["annotations"] == 2  # one row per distinct (annotator, label): both kept
+    later = world.root / "bob.csv"  # a later vote still gets a fresh row
+    later.write_text(f"id,annotator,label\n{item},bob,0\n")
+    assert round_import(ws, later).new == 1
+
+
 def test_open_round_items_are_not_selected_again(world, started):
     ws, ids = started
     round_start(ws, world.pool1)  # a second open round over the same pool
@@ -397,6 +415,15 @@ def test_pool_without_probs_or_embedding_says_what_to_run(world):
     bare = io.write_table(pq.read_table(world.pool1).select(["id", "text"]), world.root / "bare.parquet")
     with pytest.raises(WorkspaceError, match="broaden score"):
         round_start(ws, bare)
+
+
+def test_pool_without_embedding_is_refused_at_start(world):
+    # finish trains on embeddings: refusing at finish would waste the annotators' work
+    ws = new_workspace(world)
+    no_emb = io.write_table(pq.read_table(world.pool1).drop_columns(["embedding"]), world.root / "noemb.parquet")
+    with pytest.raises(WorkspaceError, match=r"no 'embedding' column.*broaden score"):
+        round_start(ws, no_emb)
+    assert _counts(ws)["rounds"] == 0
 
 
 def test_unscored_pool_needs_a_classifier_of_the_same_embedding_version(world, started):

@@ -163,6 +163,8 @@ def test_budget_larger_than_pool_is_an_error(rng):
     assert select(table, "entropy", 80, exclude=ids[:20]).num_rows == 80
     with pytest.raises(SelectionError, match="positive integer"):
         select(table, "entropy", 0)
+    with pytest.raises(SelectionError, match="batch size must be a positive integer, got 0"):
+        select(table, "entropy", 5, batch_size=0)
 
 
 def test_qbc_matches_reference_measures(rng):
@@ -182,6 +184,9 @@ def test_qbc_matches_reference_measures(rng):
     assert set(out.column("id").to_pylist()) == set(brute_top(kl.tolist(), ids.tolist(), 100))
     with pytest.raises(SelectionError, match="committee"):
         select(table, "qbc", 10, committee_cols="m0")
+    four = table.append_column("m4", matrix_to_list_array(rng.dirichlet(np.ones(4), size=n)))
+    with pytest.raises(SelectionError, match="same number of classes; got 'm0': 3, 'm4': 4"):
+        select(four, "qbc", 10, committee_cols="m0,m4")
 
 
 def test_random_is_seeded_uniform_and_layout_independent(rng):
@@ -255,6 +260,16 @@ def test_mix_shortfall_flows_to_later_then_earlier_strategies(rng, monkeypatch):
     assert len(set(out2.column("id").to_pylist())) == 20
     with pytest.raises(SelectionError, match="found only 5 eligible items for a budget of 20"):
         select(table, "five", 20)
+
+
+def test_plugin_returning_an_id_outside_the_pool_is_an_error(rng, monkeypatch):
+    registry.available_strategies()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    # 7 is a pool id, 1000 is not: without the check the output row for 1000 was another pool row
+    register_strategy("ghost", lambda pool, n, ctx: (np.array([7, 1000]), np.array([2.0, 1.0])))
+    table = make_scored_table(np.arange(50), rng.dirichlet(np.ones(3), size=50))
+    with pytest.raises(SelectionError, match="1 requested id\\(s\\) are not in the pool, e.g. 1000"):
+        select(table, "ghost", 2)
 
 
 def _five(n, ctx):

@@ -174,7 +174,9 @@ def test_quota_helpers_and_option_errors(pool):
     table = pool[0]
     for bad, msg in [({"easy_share": 1.5}, "easy_share"), ({"easy_band": "0.7,0.2"}, "easy_band"),
                      ({"uncertainty": "vibes"}, "uncertainty"), ({"proportions": "1,2"}, "4 classes"),
-                     ({"floor": 0.3}, "exceeds")]:
+                     ({"floor": 0.3}, "exceeds"), ({"proportions": "a,b,c,d"}, "proportions: 'a' is not a number"),
+                     ({"proportions": "0:1,x:2"}, "'x' is not an integer"), ({"proportions": "0:1:2"}, "must look like"),
+                     ({"easy_band": "x,0.5"}, "easy_band: 'x' is not a number"), ({"floor": "lots"}, "floor: 'lots'")]:
         with pytest.raises(SelectionError, match=msg):
             select(table, "hw", 10, **bad)
 

@@ -182,6 +182,16 @@ def test_resume_skips_finished_repeats(tmp_path, monkeypatch):
         simulate(data, out=tmp_path, **{**settings, "budget": 30})
 
 
+def test_pool_too_small_for_the_rounds_fails_before_any_work(tmp_path, monkeypatch):
+    def no_repeat(self):
+        raise AssertionError("a repeat ran")
+
+    monkeypatch.setattr(protocol_mod.RepeatRun, "run", no_repeat)
+    with pytest.raises(SimulationError, match="--pool-size 60 cannot supply 2 round"):
+        simulate(tiny_data(seed=1, n=500), out=tmp_path / "sim", **{**SETTINGS, "pool_size": 60})
+    assert not (tmp_path / "sim").exists()
+
+
 def test_noisy_oracle(tmp_path):
     labels = np.repeat(np.arange(3), 20_000)
     m = noise_confusion(0.3, 3)

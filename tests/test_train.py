@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -63,6 +64,8 @@ def test_toml_and_yaml_configs_agree(tmp_path):
     ('out = "r"\n[data]\ntrain = "x"\n[model]\nfusion = "concat"\n', "fusion"),
     ('[data]\ntrain = "x"\n', "out"),
     ('out = "r"\n[data]\ntrain = "x"\n[train]\nclass_weights = "equal"\n', "class_weights"),
+    ('out = "r"\n[data]\ntrain = "x"\n[train]\npatience = 0\n', "patience"),
+    ('out = "r"\n[data]\ntrain = "x"\n[train]\neval_batch_size = 0\n', "eval_batch_size"),
     ('out = "r"\n[data\n', "cannot parse"),
 ])
 def test_bad_configs_name_the_problem(tmp_path, text, fragment):
@@ -197,3 +200,61 @@ def test_fusion_heads_use_the_audio(assets, tmp_path):
     assert accuracy["none"] <= 0.7, accuracy
     assert accuracy["avgpool"] >= 0.9 and accuracy["vlmae"] >= 0.9, accuracy
     assert min(accuracy["avgpool"], accuracy["vlmae"]) - accuracy["none"] >= 0.25, accuracy
+
+
+# ------------------------------------------------------------------------------------ edge cases
+def test_eval_split_falls_back_to_random_when_too_small_to_stratify():
+    from broaden.models.train import _split
+
+    # 3 classes, 20 rows, 10 %: 2 eval rows cannot hold every class, so sklearn's stratified split refuses.
+    table = pa.table({"id": [f"r{i}" for i in range(20)], "label": [0, 1, 2] * 6 + [0, 1]})
+    train_part, eval_part = _split(table, "label", 0.1, seed=0)
+    assert (train_part.num_rows, eval_part.num_rows) == (18, 2)
+    ids = train_part.column("id").to_pylist() + eval_part.column("id").to_pylist()
+    assert sorted(ids) == sorted(table.column("id").to_pylist())
+    # a fraction that rounds up to every row still leaves one row to train on
+    train_part, eval_part = _split(table.slice(0, 2), "label", 0.9, seed=0)
+    assert (train_part.num_rows, eval_part.num_rows) == (1, 1)
+
+
+@pytest.mark.parametrize("train_kw, fragment", [
+    (dict(eval_metric="auc"), "undefined on the 8 eval item"),  # AUC needs both classes in the eval set
+    (dict(eval_metric="aucc"), "not one of"),
+])
+def test_eval_metric_that_can_never_rank_an_epoch_fails_before_training(assets, tmp_path, monkeypatch, train_kw,
+                                                                       fragment):
+    def no_step(self, rows):
+        raise AssertionError("an optimisation step ran before the eval metric was checked")
+
+    monkeypatch.setattr(_Trainer, "step", no_step)
+    items = pq.read_table(assets / "data" / "items.parquet")
+    one_class = items.filter(pc.equal(items.column("label"), 0)).slice(0, 8)
+    write_table(one_class, assets / "data" / "eval_one_class.parquet")
+    raw = run_dict(assets, tmp_path / "run", model=dict(fusion="none"), train=train_kw)
+    raw["data"]["eval"] = str(assets / "data" / "eval_one_class.parquet")
+    with pytest.raises(ConfigError, match=fragment):
+        train(run_config_from_dict(raw), progress=False)
+
+
+def test_no_usable_training_item_is_a_clear_error(assets, tmp_path):
+    table = pq.read_table(assets / "data" / "items.parquet")
+    gone = table.set_column(table.schema.get_field_index("audio_path"), "audio_path",
+                            pa.array(["missing.wav"] * table.num_rows))
+    write_table(gone, assets / "data" / "all_missing.parquet")
+    raw = run_dict(assets, tmp_path / "run", model=dict(fusion="avgpool"), train=dict(skip_bad_items=True))
+    raw["data"]["train"] = str(assets / "data" / "all_missing.parquet")
+    with pytest.raises(ItemError, match="none of the"):
+        train(run_config_from_dict(raw), progress=False)
+
+
+def test_negative_label_is_an_error_not_an_unlabelled_item(assets, tmp_path):
+    from broaden.errors import ScoredTableError
+
+    table = pq.read_table(assets / "data" / "items.parquet")
+    labels = table.column("label").to_pylist()
+    labels[5] = -2
+    write_table(table.set_column(1, "label", pa.array(labels, pa.int64())), assets / "data" / "negative.parquet")
+    raw = run_dict(assets, tmp_path / "run", model=dict(fusion="none"))
+    raw["data"]["train"] = str(assets / "data" / "negative.parquet")
+    with pytest.raises(ScoredTableError, match="row 5: label -2"):
+        train(run_config_from_dict(raw), progress=False)

@@ -36,4 +36,7 @@ def evaluate(
     if not keep.any():
         raise ScoredTableError(f"{source}: column {columns.label!r} has no labelled rows to evaluate")
     probs = io.list_matrix(table.column(columns.probs), dtype=np.float64)
-    return evaluate_arrays(labels[keep], probs[keep], positive=positive, discrepancy_kind=discrepancy)
+    try:
+        return evaluate_arrays(labels[keep], probs[keep], positive=positive, discrepancy_kind=discrepancy)
+    except ValueError as exc:  # --positive outside the table's classes, a one-class table, …
+        raise ScoredTableError(f"{source}: column {columns.probs!r}: {exc}") from exc

@@ -66,7 +66,14 @@ def read_schema(path: str | os.PathLike) -> pa.Schema:
 
 def count_rows(path: str | os.PathLike) -> int:
     """Row count from the Parquet footers, without reading data."""
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+    return sum(_open_parquet(f).metadata.num_rows for f in parquet_files(path))
+
+
+def _open_parquet(f: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -113,6 +120,8 @@ class Validator:
         arr = _combine(batch.column(batch.schema.get_field_index(col)))
         width = self._list_width(arr, col, source, row_offset, self.num_classes, "class")
         self.num_classes = width
+        if len(arr) == 0:
+            return batch
         values = list_matrix(arr, width, dtype=np.float64)
         _check_finite(values, col, source, row_offset)
         if self.logits:
@@ -142,17 +151,23 @@ class Validator:
         arr = _combine(batch.column(batch.schema.get_field_index(col)))
         width = self._list_width(arr, col, source, row_offset, self.dim, "dimension")
         self.dim = width
+        if len(arr) == 0:
+            return
         _check_finite(list_matrix(arr, width, dtype=np.float32), col, source, row_offset)
 
-    def _list_width(self, arr, col, source, row_offset, expected, what) -> int:
+    def _list_width(self, arr, col, source, row_offset, expected, what) -> int | None:
         if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)
                 or pa.types.is_fixed_size_list(arr.type)):
+            raise ScoredTableError(f"{source}: column {col!r} must be a list of floats, found {arr.type}")
+        value_type = arr.type.value_type
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)
+                or pa.types.is_null(value_type)):
             raise ScoredTableError(f"{source}: column {col!r} must be a list of floats, found {arr.type}")
         if arr.null_count:
             bad = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
             raise ScoredTableError(f"{source}: column {col!r} row {row_offset + bad}: value is null")
         if len(arr) == 0:
-            return expected or 0
+            return expected
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         ref = expected if expected is not None else int(lengths[0])
         wrong = lengths != ref
@@ -279,6 +294,8 @@ def labels_array(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     arr = _combine(arr)
     if pa.types.is_null(arr.type):
         return np.full(len(arr), -1, dtype=np.int64)
+    if pa.types.is_floating(arr.type):  # pandas stores a nullable int column as float with NaN for missing
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
     filled = pc.fill_null(arr.cast(pa.int64()), -1)
     return filled.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
@@ -313,14 +330,14 @@ def iter_batches(
     """
     cols = list(columns) if columns is not None else None
     for f in parquet_files(path):
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
+        pf = _open_parquet(f)
+        if validator is not None:
+            # Checked on the footer's schema, so a file without rows cannot slip past the column checks.
+            empty = pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
+            validator(empty if cols is None else empty.select([c for c in cols if c in empty.schema.names]),
+                      str(f))
         if cols is not None:
             missing = [c for c in cols if c not in pf.schema_arrow.names]
-            if missing and validator is not None:
-                validator(pa.RecordBatch.from_pylist([], schema=pf.schema_arrow), str(f))
             if missing:
                 raise ScoredTableError(
                     f"{f}: missing column(s) {', '.join(repr(m) for m in missing)}; "

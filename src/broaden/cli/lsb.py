@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from broaden.lsb import lsb
     from broaden.metrics import to_jsonable
 
+    if args.lookalike_out and args.lookalike_threshold is None and args.lookalike_model is None:
+        from broaden.errors import BroadenError
+
+        raise BroadenError("--lookalike-out saves the fitted Lookalike model, but none is fitted without "
+                           "--lookalike-threshold T2 (or loaded with --lookalike-model)")
     with engine_from_args(args) as engine:
         result = lsb(
             args.labeled, args.pool, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,

@@ -22,7 +22,7 @@ from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, list_matrix
 from broaden.lsb.knn import build_index
 from broaden.lsb.lookalike import LookalikeModel
 from broaden.lsb.seeds import load_labeled, seeds_table, select_seeds
-from broaden.lsb.source import PoolSource, prepare
+from broaden.lsb.source import KNNError, PoolSource, faiss_metric, prepare
 from broaden.select.pool import IdSet, fetch_rows, read_ids
 
 PROVENANCE = ("seed_id", "neighbor_rank", "similarity", "lookalike_score", "seed_ids")
@@ -94,7 +94,8 @@ def lsb(
     with an exact index every engine returns the same candidates.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise KNNError(f"k (neighbours per seed) must be >= 1, got {k}")
+    faiss_metric(metric)  # a bad metric fails before the labelled set is read and the LT model fitted
     cols = replace(columns, embedding=embedding_col) if embedding_col else columns
     view = load_labeled(labeled, kind=discrepancy, columns=cols, require_embedding=True, logits=logits)
     seed_rows = select_seeds(view, threshold=seed_threshold, max_seeds=seeds, per_class_cap=per_class_cap,

@@ -23,14 +23,11 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from broaden.errors import BroadenError, ScoredTableError
+from broaden.errors import ScoredTableError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys
-from broaden.lsb.source import BATCH_SIZE, PoolSource, faiss_metric, prepare
+from broaden.lsb.calibrate import calibrate
+from broaden.lsb.source import BATCH_SIZE, KNNError, PoolSource, faiss_metric, prepare
 from broaden.select.pool import IdSet, progress
-
-
-class KNNError(BroadenError, ValueError):
-    """Bad kNN request: unknown index kind, unsupported metric, mismatched dimensions."""
 
 
 # ----------------------------------------------------------------------------------------- backends
@@ -51,6 +48,7 @@ class Backend:
 
     name: str
     capabilities: Capabilities
+    param_names = ()  # the keys of ``params`` (a class attribute, not a field)
 
     def default_params(self, n: int, dim: int, *, memory_gb: float, n_queries: int) -> dict:
         return {}
@@ -85,6 +83,8 @@ def _pow2(x: float) -> int:
 
 class IVFBackend(Backend):
     """Inverted lists; ``codec`` is ``Flat``, ``SQ8`` or ``PQ{m}x8`` (chosen from the memory budget)."""
+
+    param_names = ("nlist", "codec")
 
     def default_params(self, n, dim, *, memory_gb, n_queries):
         from broaden.lsb.auto import choose_nlist
@@ -126,6 +126,8 @@ class IVFBackend(Backend):
 
 
 class HNSWBackend(Backend):
+    param_names = ("M", "efConstruction")
+
     def default_params(self, n, dim, *, memory_gb, n_queries):
         return {"M": 32, "efConstruction": 80}
 
@@ -325,7 +327,6 @@ def build_index(
     fingerprint of the pool and reused while the pool is unchanged; a stale one is rebuilt.
     """
     from broaden.lsb import auto, store
-    from broaden.lsb.calibrate import calibrate
 
     source = PoolSource.of(pool, columns)
     faiss_metric(metric)
@@ -360,6 +361,7 @@ def build_index(
     params = cached.get(name, {}).get("params") or backend.default_params(
         n, dim, memory_gb=memory_gb, n_queries=max(n_queries, 1))
     params = {**params, **(index_params or {})}
+    check_params(backend, params, n)
     info["params"] = params
     info["factory"] = backend.factory(params)
     rng = np.random.default_rng(seed)
@@ -372,28 +374,61 @@ def build_index(
         loaded = cache.load(name, params)
         if loaded is not None:
             idx, ids, meta = loaded
-            info.update(reused=True, index_path=str(cache.path(name)), breadth=meta["breadth"],
-                        calibration=meta["calibration"], built=meta.get("built"))
-            return KNNIndex(backend, source, metric, dim, params, idx, ids, meta["breadth"], info)
+            info.update(reused=True, index_path=str(cache.path(name)), built=meta.get("built"))
+            saved = meta.get("calibration") or {}
+            if saved.get("k") == k and saved.get("target") == target_recall:
+                _record_calibration(info, saved, name)
+            else:  # the saved breadth was calibrated for another k or recall target: measure again
+                _calibrate(info, idx, backend, params, source, cal, None, k, target_recall, metric, rng,
+                           calibration_size, batch_size)
+            return KNNIndex(backend, source, metric, dim, params, idx, ids, info["breadth"], info)
         info["stale_removed"] = cache.stale_removed
 
     built, ids, truth, timings = _build(source, backend, params, metric, dim, rng, cal, k, batch_size,
                                         show_progress)
-    info.update(timings)
-    t0 = time.perf_counter()
-    if cal is None:  # no queries given: calibrate on pool rows (optimistic: each finds itself)
-        cal = prepare(source.sample(min(calibration_size, n), rng), metric)
-        truth = _exact_truth(source, cal, k, metric, batch_size)
-    calibration = calibrate(built, backend, params, cal, truth, k, target_recall)
-    info["calibrate_s"] = round(time.perf_counter() - t0, 3)
-    info.update(breadth=calibration["breadth"], calibration=calibration, reused=False)
-    if not calibration["reached"]:
-        info["warning"] = (f"{name} reached recall@{k} {calibration['recall']:.3f} at most, below the target "
-                           f"{target_recall:g}; use index='ivf' or 'flat' for these embeddings")
-    knn = KNNIndex(backend, source, metric, dim, params, built, ids, calibration["breadth"], info)
+    info.update(timings, reused=False)
+    _calibrate(info, built, backend, params, source, cal, truth, k, target_recall, metric, rng, calibration_size,
+               batch_size)
+    knn = KNNIndex(backend, source, metric, dim, params, built, ids, info["breadth"], info)
     if cache is not None:
         info["index_path"] = str(cache.save(name, knn))
     return knn
+
+
+def _calibrate(info, index, backend, params, source, cal, truth, k, target, metric, rng, calibration_size,
+               batch_size) -> None:
+    """Calibrate ``index``'s breadth on the query sample ``cal`` (exact ``truth`` computed when None)."""
+    t0 = time.perf_counter()
+    if cal is None:  # no queries given: calibrate on pool rows (optimistic: each finds itself)
+        cal = prepare(source.sample(min(calibration_size, source.num_rows), rng), metric)
+        truth = None
+    if truth is None:
+        truth = _exact_truth(source, cal, k, metric, batch_size)
+    calibration = calibrate(index, backend, params, cal, truth, k, target)
+    info["calibrate_s"] = round(time.perf_counter() - t0, 3)
+    _record_calibration(info, calibration, backend.name)
+
+
+def _record_calibration(info: dict, calibration: dict, name: str) -> None:
+    info.update(breadth=calibration["breadth"], calibration=calibration)
+    if not calibration["reached"]:
+        info["warning"] = (f"{name} reached recall@{calibration['k']} {calibration['recall']:.3f} at most, below "
+                           f"the target {calibration['target']:g}; use index='ivf' or 'flat' for these embeddings")
+
+
+def check_params(backend: Backend, params: dict, n: int) -> None:
+    """Index parameters (``--index-param``) the backend knows, with usable values for an ``n``-row pool."""
+    unknown = sorted(set(params) - set(backend.param_names))
+    if unknown:
+        raise KNNError(f"unknown {backend.name} index parameter(s) {', '.join(unknown)}; "
+                       f"expected {', '.join(backend.param_names)}")
+    for key in ("nlist", "M", "efConstruction"):
+        value = params.get(key)
+        if key in params and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise KNNError(f"{backend.name} index parameter {key} must be a positive integer, got {value!r}")
+    if params.get("nlist", 0) > n:
+        raise KNNError(f"{backend.name} index parameter nlist={params['nlist']} exceeds the pool's {n} rows "
+                       "(k-means needs at least one row per list)")
 
 
 def _exact_truth(source, queries, k, metric, batch_size):
@@ -406,7 +441,11 @@ def _exact_truth(source, queries, k, metric, batch_size):
 def _build(source, backend, params, metric, dim, rng, cal, k, batch_size, show_progress):
     """Train on a sample, then one streaming pass: add each block and score it for calibration."""
     timings = {}
-    index = faiss.index_factory(dim, backend.factory(params), faiss_metric(metric))
+    try:
+        index = faiss.index_factory(dim, backend.factory(params), faiss_metric(metric))
+    except RuntimeError as exc:  # e.g. a codec FAISS does not know, or PQ m that does not divide dim
+        raise KNNError(f"FAISS rejects index {backend.factory(params)!r} for {dim}-d embeddings: "
+                       f"{str(exc).strip().splitlines()[-1]}") from None
     backend.configure(index, params)
     gpu = gpu_resources()
     work = index

@@ -17,11 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from broaden.errors import ScoredTableError
+from broaden.errors import BroadenError, ScoredTableError
 from broaden.io import Columns, Validator, count_rows, iter_batches, list_matrix, parquet_files, read_schema
 
 BATCH_SIZE = 65_536
 METRICS = ("cosine", "l2")
+
+
+class KNNError(BroadenError, ValueError):
+    """Bad kNN request: unknown index kind, unsupported metric, mismatched dimensions."""
 
 
 def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -34,7 +38,7 @@ def prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
 
 def faiss_metric(metric: str) -> int:
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise KNNError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
 

@@ -139,7 +139,9 @@ class TrainConfig:
     audio_cache: str | None = None  # None: <run>/audio_cache
 
     def validate(self, where: str = "train") -> TrainConfig:
-        for key in ("lr", "batch_size", "epochs"):
+        # patience 0 would stop after the first epoch whatever it scored; early stopping cannot be turned off
+        # by it (set patience = epochs for that).
+        for key in ("lr", "batch_size", "epochs", "patience", "eval_batch_size"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{where}.{key}: must be positive, got {getattr(self, key)}")
         if not 0 <= self.eval_fraction < 1:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from broaden.errors import ScoredTableError
@@ -68,11 +69,20 @@ def check_item_columns(path: str | os.PathLike, columns: ItemColumns, config: Mo
 
 def read_items(path: str | os.PathLike, columns: ItemColumns, config: ModelConfig, *,
                labels: bool = True) -> pa.Table:
-    """Read a whole items table, checking columns, unique ids and integer labels."""
+    """Read a whole items table, checking columns, unique ids and integer labels (null = unlabelled; a
+    negative label is an error, not a silent "unlabelled")."""
     check_item_columns(path, columns, config, labels=labels)
     validator = Validator(columns=Columns(id=columns.id, label=columns.label),
                           require=("id", "label") if labels else ("id",))
-    return read_table(path, columns=required_columns(columns, config, labels=labels), validator=validator)
+    table = read_table(path, columns=required_columns(columns, config, labels=labels), validator=validator)
+    if labels:
+        col = table.column(columns.label)
+        negative = np.flatnonzero(pc.fill_null(pc.less(col, 0), False).to_numpy(zero_copy_only=False))
+        if negative.size:
+            r = int(negative[0])
+            raise ScoredTableError(f"{path}: column {columns.label!r} row {r}: label {col[r].as_py()} is negative; "
+                                   "labels are 0…C−1, null for an unlabelled item")
+    return table
 
 
 @dataclass

@@ -66,15 +66,18 @@ def _labelled(table: pa.Table, label_col: str) -> pa.Table:
 
 
 def _split(table: pa.Table, label_col: str, fraction: float, seed: int) -> tuple[pa.Table, pa.Table | None]:
-    """Stratified hold-out of ``fraction`` of the rows (plain random when a class is too small)."""
+    """Stratified hold-out of ``fraction`` of the rows (at least one row on each side; plain random when
+    a class has a single row or either side is too small to hold every class)."""
     if fraction <= 0 or table.num_rows < 2:
         return table, None
     from sklearn.model_selection import train_test_split
 
     y = labels_array(table.column(label_col))
+    n_eval = min(max(math.ceil(fraction * len(y)), 1), len(y) - 1)
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    idx_train, idx_eval = train_test_split(np.arange(len(y)), test_size=fraction, random_state=seed,
+    n_classes = int((counts > 0).sum())
+    stratify = y if counts[counts > 0].min() >= 2 and min(n_eval, len(y) - n_eval) >= n_classes else None
+    idx_train, idx_eval = train_test_split(np.arange(len(y)), test_size=n_eval, random_state=seed,
                                            stratify=stratify)
     return table.take(np.sort(idx_train)), table.take(np.sort(idx_eval))
 
@@ -161,13 +164,36 @@ class _Trainer:
         self.train_feat = featurizer(cfg.train_data)
         self.eval_feat = featurizer(cfg.eval_data or cfg.train_data)
         self.train_table = self._drop_bad(train_table, self.train_feat, cfg.train_data, "train")
+        if self.train_table.num_rows == 0:
+            raise ItemError(f"{cfg.train_data}: none of the {train_table.num_rows} training item(s) can be used "
+                            f"(reasons in {self.out / 'errors_train.parquet'})")
         self.eval_table = (self._drop_bad(eval_table, self.eval_feat, cfg.eval_data or cfg.train_data, "eval")
                            if eval_table is not None and eval_table.num_rows else None)
+        if self.eval_table is not None and self.eval_table.num_rows == 0:
+            self.eval_table = None
+        self._check_eval_metric()
         self.train_labels = labels_array(self.train_table.column(cols.label))
         weights = _class_weights(t.class_weights, self.train_labels, model_cfg.num_classes)
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(self.device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def _check_eval_metric(self) -> None:
+        """Fail before training when early stopping could never rank an epoch: an unknown metric name, or
+        one that is undefined on this eval set whatever the model predicts (AUC with one class there)."""
+        if self.eval_table is None:
+            return
+        metric = self.cfg.train.eval_metric
+        labels = labels_array(self.eval_table.column(self.cfg.columns.label))
+        c = self.cfg.model.num_classes
+        value = eval_metrics(labels, np.full((len(labels), c), 1.0 / c)).get(metric)
+        if value is None:
+            names = ", ".join(("loss", *EVAL_KEYS))
+            raise ConfigError(f"train.eval_metric: {metric!r} is not one of {names}")
+        if not math.isfinite(value):
+            raise ConfigError(f"train.eval_metric: {metric!r} is undefined on the {len(labels)} eval item(s) "
+                              f"(classes present: {sorted(set(labels.tolist()))}); use eval_metric = \"loss\" "
+                              "or an eval set with both the negative class 0 and a positive class")
 
     # -- item checks
     def _drop_bad(self, table: pa.Table, feat: Featurizer, source: str, split: str) -> pa.Table:

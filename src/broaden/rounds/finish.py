@@ -46,7 +46,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
         if (pending or tied) and not allow_pending:
             raise WorkspaceError(
                 f"round {number}: {pending} item(s) have no label and {tied} are tied; import the missing "
-                "labels, or pass --allow-pending to finish anyway (those items can be selected again later)"
+                "labels, or pass --allow-pending to finish anyway (unlabelled items can be selected again later)"
             )
         labeled = ws.labeled_table(ledger)
         if labeled.num_rows == 0:

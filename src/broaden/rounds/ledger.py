@@ -193,27 +193,35 @@ class Ledger:
         return self.conn.execute("SELECT * FROM imports WHERE digest = ?", (digest,)).fetchone()
 
     def add_import(self, *, digest: str, path: str, fmt: str, votes: Sequence[Vote], rows_bad: int) -> int:
-        """Store the votes of one file and its digest in one transaction; returns how many votes were new.
+        """Store the votes of one file and its digest in one transaction; returns how many votes changed.
 
-        A vote identical to one already stored (same item, round, annotator and label) is kept once, so
-        the same labels arriving in a differently named or formatted file change nothing either.
+        A vote identical to the annotator's latest one for that item changes nothing, so the same labels
+        arriving in a differently named or formatted file are kept once. A vote identical to an *older*
+        one (the annotator went back to an earlier label) becomes their latest again: the stored row is
+        moved to the end of the sequence, since the table keeps one row per (item, round, annotator, label).
         """
         stamp = now()
         with self.transaction() as c:
-            before = c.execute("SELECT count(*) FROM annotations").fetchone()[0]
             c.execute(
                 "INSERT INTO imports(digest, path, format, rows_ok, rows_bad, rows_new, imported_at) "
                 "VALUES (?, ?, ?, ?, ?, 0, ?)",
                 (digest, path, fmt, len(votes), rows_bad, stamp),
             )
+            before = self.conn.total_changes
             rows = [(v.item_key, v.round, v.annotator, v.label, path, stamp, digest) for v in votes]
             half = len(rows) // 2
-            insert = ("INSERT OR IGNORE INTO annotations(item_key, round, annotator, label, source, imported_at, "
-                      "import_digest) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            c.executemany(insert, rows[:half])
+            upsert = (
+                "INSERT INTO annotations(item_key, round, annotator, label, source, imported_at, import_digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(item_key, round, annotator, label) DO UPDATE SET "
+                "id = (SELECT max(id) FROM annotations) + 1, source = excluded.source, "
+                "imported_at = excluded.imported_at, import_digest = excluded.import_digest "
+                "WHERE annotations.id < (SELECT max(a.id) FROM annotations a WHERE a.item_key = excluded.item_key "
+                "AND a.round = excluded.round AND a.annotator = excluded.annotator)"
+            )
+            c.executemany(upsert, rows[:half])
             fault_point("round-import:transaction")
-            c.executemany(insert, rows[half:])
-            new = c.execute("SELECT count(*) FROM annotations").fetchone()[0] - before
+            c.executemany(upsert, rows[half:])
+            new = self.conn.total_changes - before
             c.execute("UPDATE imports SET rows_new = ? WHERE digest = ?", (new, digest))
         return int(new)
 

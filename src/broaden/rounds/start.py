@@ -46,6 +46,12 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
     with ws.locked() as ledger:
         number = ledger.next_round()
         schema = io.read_schema(pool)
+        if cols.embedding not in schema.names:  # refuse now, not at `round finish` after the labelling work
+            raise WorkspaceError(
+                f"{pool}: the pool has no {cols.embedding!r} column; `round finish` trains the classifier on "
+                f"embeddings, so every pool item needs one; score it first: `broaden score --model RUN "
+                f"--data {pool} --out SCORED.parquet`, then pass --pool SCORED.parquet"
+            )
         version = embedding_version(pool, None, cfg)
         scored_pool = None
         if cols.probs not in schema.names:
@@ -75,11 +81,6 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
 
 def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: str, schema: pa.Schema):
     cols = ws.config.cols
-    if cols.embedding not in schema.names:
-        raise WorkspaceError(
-            f"{pool}: the pool has neither {cols.probs!r} nor {cols.embedding!r}; score it first: "
-            f"`broaden score --model RUN --data {pool} --out SCORED.parquet`, then pass --pool SCORED.parquet"
-        )
     model = ws.current_model(ledger)
     if model is None:
         raise WorkspaceError(

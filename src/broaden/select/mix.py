@@ -115,6 +115,8 @@ def select(
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise SelectionError(f"budget must be a positive integer, got {budget!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise SelectionError(f"batch size must be a positive integer, got {batch_size!r}")
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = _as_idset(exclude, columns)

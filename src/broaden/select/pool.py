@@ -207,19 +207,36 @@ def _path_batches(path, read_cols, batch_size):
             offset += batch.num_rows
 
 
-def count_present(pool, columns: Columns, ids: IdSet, batch_size: int = BATCH_SIZE) -> int:
-    """How many pool rows have an id in ``ids`` (reads only the id column)."""
-    if not len(ids):
-        return 0
+def _id_batches(pool, columns: Columns, batch_size: int) -> Iterator[np.ndarray]:
+    """The pool's id keys, one record batch at a time (reads only the id column)."""
     if isinstance(pool, pa.Table):
         batches = (b for b, _ in _table_batches(pool.select([columns.id]), batch_size))
     else:
         batches = (b for b, _, _ in _path_batches(pool, [columns.id], batch_size))
-    return int(sum(ids.contains(id_keys(b.column(0))).sum() for b in batches))
+    return (id_keys(b.column(0)) for b in batches)
+
+
+def count_present(pool, columns: Columns, ids: IdSet, batch_size: int = BATCH_SIZE) -> int:
+    """How many pool rows have an id in ``ids`` (reads only the id column)."""
+    if not len(ids):
+        return 0
+    return int(sum(ids.contains(keys).sum() for keys in _id_batches(pool, columns, batch_size)))
+
+
+def in_pool(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Boolean mask over ``ids``: which of them are ids of pool rows (reads only the id column)."""
+    ids = np.asarray(ids)
+    wanted, found = IdSet(ids), IdSet()
+    if len(wanted):
+        for keys in _id_batches(pool, columns, batch_size):
+            found.add(keys[wanted.contains(keys)])
+    return found.contains(ids)
 
 
 def fetch_rows(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_SIZE) -> pa.Table:
-    """The pool rows whose ids are in ``ids``, every column, in the order of ``ids`` (one streaming pass)."""
+    """The pool rows whose ids are in ``ids``, every column, in the order of ``ids`` (one streaming pass).
+
+    An id that is not in the pool is an error (never a silently wrong row)."""
     wanted = IdSet(ids)
     parts, keys = [], []
     if isinstance(pool, pa.Table):
@@ -234,14 +251,26 @@ def fetch_rows(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_
                 parts.append(pa.Table.from_batches([batch.filter(pa.array(hit))]))
                 keys.append(k[hit])
             advance(batch.num_rows)
+    want = np.asarray(ids)
     if not parts:
+        if want.size:
+            raise SelectionError(f"{_source(pool)}: none of the {want.size} requested ids is in the pool, "
+                                 f"e.g. {want.tolist()[0]!r}")
         schema = pool.schema if isinstance(pool, pa.Table) else read_schema(pool)
         return schema.empty_table()
     table = pa.concat_tables(parts, promote_options="default")
     found = np.concatenate(keys)
     order = np.argsort(found, kind="stable")
-    want = np.asarray(ids)
-    if not np.issubdtype(want.dtype, np.integer) and np.issubdtype(found.dtype, np.integer):
-        want = want.astype(np.int64)
-    pos = np.searchsorted(found[order], want)
-    return table.take(pa.array(order[np.minimum(pos, len(order) - 1)], type=pa.int64()))
+    # IdSet matched across int/str spellings; compare in the pool's own id type.
+    parsed = np.ones(want.shape, dtype=bool)
+    if np.issubdtype(found.dtype, np.integer) and not np.issubdtype(want.dtype, np.integer):
+        parsed = np.asarray([_is_int(s) for s in want.tolist()], dtype=bool)
+        want = np.asarray([int(s) if ok else 0 for s, ok in zip(want.tolist(), parsed)], dtype=np.int64)
+    elif not np.issubdtype(found.dtype, np.integer):
+        want = want.astype(str)
+    pos = np.minimum(np.searchsorted(found[order], want), len(order) - 1)
+    missing = (found[order][pos] != want) | ~parsed
+    if missing.any():
+        raise SelectionError(f"{_source(pool)}: {int(missing.sum())} requested id(s) are not in the pool, "
+                             f"e.g. {np.asarray(ids)[missing].tolist()[0]!r}")
+    return table.take(pa.array(order[pos], type=pa.int64()))

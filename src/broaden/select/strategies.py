@@ -105,8 +105,15 @@ def qbc_strategy(pool, n: int, ctx: SelectContext):
     if measure not in QBC_MEASURES:
         raise SelectionError(f"unknown qbc measure {measure!r}; choose one of {', '.join(QBC_MEASURES)}")
     fn = QBC_MEASURES[measure]
-    return stream_top(pool, n, ctx, lambda keys, batch: fn([batch_probs(batch, c) for c in cols]),
-                      prob_cols=cols, description=f"qbc {measure}")
+
+    def priority(keys, batch):
+        members = [batch_probs(batch, c) for c in cols]
+        if len({m.shape[1] for m in members}) > 1:
+            widths = ", ".join(f"{c!r}: {m.shape[1]}" for c, m in zip(cols, members))
+            raise SelectionError(f"qbc committee columns must have the same number of classes; got {widths}")
+        return fn(members)
+
+    return stream_top(pool, n, ctx, priority, prob_cols=cols, description=f"qbc {measure}")
 
 
 register_strategy("random", random_strategy)

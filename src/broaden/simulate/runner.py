@@ -130,6 +130,11 @@ def simulate(
     for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats)):
         if value < 1:
             raise SimulationError(f"--{name} must be >= 1, got {value}")
+    if pool_size is not None and pool_size < budget * rounds:
+        # Checked here, not by the first selection that runs dry: that would come after the folder is
+        # written and, with several rounds, after whole rounds of work.
+        raise SimulationError(f"--pool-size {pool_size} cannot supply {rounds} round(s) of budget {budget}; "
+                              f"use at least {budget * rounds}")
     data = dataset if isinstance(dataset, SimData) else load_sim_data(
         dataset, data_dir=data_dir, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress)
     matrix = _confusion(label_noise, confusion, data.num_classes)
