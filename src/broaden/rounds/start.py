@@ -41,7 +41,7 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
     cfg, cols = ws.config, ws.config.cols
     pool = str(require_config(pool or cfg.pool, "pool",
                               "pass --pool POOL (a scored Parquet file or folder) or set 'pool' in the config"))
-    budget = budget or cfg.budget
+    budget = cfg.budget if budget is None else budget
     strategy = strategy or cfg.strategy
     with ws.locked() as ledger:
         number = ledger.next_round()

@@ -64,25 +64,20 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
 
 
 def print_status(report: dict) -> None:
-    from rich.table import Table
-
-    from broaden.reporting.tables import fmt, make_console
+    from broaden.reporting.tables import fmt, make_console, print_table
 
     console = make_console()
-    t = Table(title=f"rounds of {report['workspace']}", header_style="bold")
-    for name in ("round", "status", "strategy", "model", "emb. version", "selected", "labelled", "tied",
-                 "pending", "AUC", "macro-F1", "MC loss"):
-        t.add_column(name, justify="right" if name not in ("status", "strategy", "model", "emb. version") else "left")
+    rows = []
     for r in report["rounds"]:
         m = r["metrics"] or {}
-        t.add_row(str(r["round"]), r["status"], r["strategy"], r["model_id"], r["embedding_version"],
-                  str(r["selected"]), str(r["labelled"]), str(r["tied"]), str(r["pending"]),
-                  fmt(m.get("auc")), fmt(m.get("macro_f1")), fmt(m.get("multiclass_loss")))
-    console.print(t)
+        rows.append((str(r["round"]), r["status"], r["strategy"], r["model_id"], r["embedding_version"],
+                     str(r["selected"]), str(r["labelled"]), str(r["tied"]), str(r["pending"]),
+                     fmt(m.get("auc")), fmt(m.get("macro_f1")), fmt(m.get("multiclass_loss"))))
+    print_table(f"rounds of {report['workspace']}",
+                ["round", "status", "strategy", "model", "emb. version", "selected", "labelled", "tied", "pending",
+                 "AUC", "macro-F1", "MC loss"], rows, console=console, labels=5)
     pct = round(report["level"] * 100)
-    y = Table(title="bad-case yield per strategy (labelled items the selecting model got wrong)", header_style="bold")
-    for name in ("strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"):
-        y.add_column(name, justify="left" if name == "strategy" else "right")
-    for name, s in report["strategies"].items():
-        y.add_row(name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")
-    console.print(y)
+    print_table("bad-case yield per strategy (labelled items the selecting model got wrong)",
+                ["strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"],
+                ((name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")
+                 for name, s in report["strategies"].items()), console=console)
