@@ -309,3 +309,20 @@ def test_select_cli_passes_lsb_options(tmp_path, rng):
     allowed = set(ref.candidates.column("id").to_pylist())
     assert rows and all(r["lookalike_score"] > 0.6 and r["neighbor_rank"] <= 7 for r in rows)
     assert {r["id"] for r in rows} <= allowed
+
+
+def test_select_lsb_sizes_k_by_the_seeds_found(rng):
+    from broaden.select import select
+
+    labeled, pool = world(rng)
+    few = seed_bad_cases(labeled, threshold=0.62, max_seeds=None)
+    n_seeds = few.num_rows
+    assert 0 < n_seeds < 50  # far below the default cap of 1000 seeds
+    budget = 12 * n_seeds  # more than k=10 neighbours per seed can ever give
+    out = select(pool, "lsb", budget, labeled=labeled, seed_threshold=0.62, index="flat")
+    k = max(10, -(-2 * budget // n_seeds))
+    ref = lsb(labeled, pool, seed_threshold=0.62, k=k, index="flat").candidates
+    sim = ref.column("similarity").to_numpy()
+    ids = ref.column("id").to_numpy()
+    order = np.lexsort((ids, -sim))[:budget]
+    assert out.column("id").to_pylist() == ids[order].tolist()

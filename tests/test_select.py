@@ -14,7 +14,7 @@ from broaden.errors import BroadenError, ScoredTableError
 from broaden.io import Columns, make_scored_table, matrix_to_list_array
 from broaden.select import (
     SelectionError, TopK, entropy, kl_to_consensus, largest_remainder, least_confident, margin,
-    parse_spec, random_keys, register_strategy, select, top_k_indices, vote_entropy,
+    parse_spec, random_keys, read_ids, register_strategy, select, top_k_indices, vote_entropy,
 )
 from broaden.select import registry
 
@@ -317,12 +317,15 @@ def test_exclude_files_txt_parquet_csv(tmp_path, rng):
     pq.write_table(table, path)
     drop = ids[:40]
     (tmp_path / "ex.txt").write_text("# already labelled\n" + "\n".join(map(str, drop)) + "\n\n")
-    pq.write_table(pa.table({"id": drop, "other": drop * 2}), tmp_path / "ex.parquet")
+    # a null id (an empty cell) excludes nothing, in Parquet as in CSV
+    pq.write_table(pa.table({"id": pa.array(drop.tolist() + [None]), "other": pa.array((drop * 2).tolist() + [0])}),
+                   tmp_path / "ex.parquet")
     (tmp_path / "ex.csv").write_text("id,who\n" + "\n".join(f"{i},x" for i in drop))
     ref = select(path, "entropy", 260, exclude=set(drop.tolist())).column("id").to_pylist()
     assert not set(ref) & set(drop.tolist())
     for name in ("ex.txt", "ex.parquet", "ex.csv"):
         assert select(path, "entropy", 260, exclude=tmp_path / name).column("id").to_pylist() == ref
+    assert sorted(read_ids(tmp_path / "ex.parquet").tolist()) == sorted(drop.tolist())
 
 
 def test_bad_pool_errors_name_file_column_row(tmp_path, rng):

@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "clean", help="rank likely mislabelled items of a labelled table (confident learning)",
         description="Flag labelled rows whose label disagrees with out-of-sample probabilities (cleanlab) "
         "and write them worst first. Refuses an evaluation split: a 'split' column valued "
-        "test/eval/evaluation/val/valid/validation/dev/holdout, 'broaden.split' Parquet metadata naming one, "
-        "or such a token in the file name.",
+        "test/eval/evaluation/val/valid/validation/dev/holdout in any row, 'broaden.split' Parquet metadata naming "
+        "one, or — when the table has neither — such a token in the file or folder name.",
     )
     p.add_argument("labeled", help="labelled scored table (Parquet file or directory); probs must be out-of-sample")
     p.add_argument("--out", required=True, help="output Parquet file of flagged rows (written atomically)")

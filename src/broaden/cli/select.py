@@ -24,7 +24,7 @@ OPTIONS = {
     "--seed-threshold": ("seed_threshold", float, "lsb: T1, seeds have discrepancy d > T1 (0.5)"),
     "--discrepancy": ("discrepancy", str, "lsb: ordinal |y-E[x]|/(C-1) (default) or nominal 1-p_y"),
     "--per-class-cap": ("per_class_cap", int, "lsb: at most this many seeds per label"),
-    "--k": ("k", int, "lsb: neighbours per seed (default max(10, 2*share/seeds))"),
+    "--k": ("k", int, "lsb: neighbours per seed (default max(10, 2*share/seeds found))"),
     "--lookalike-threshold": ("lookalike_threshold", float, "lsb-lt: T2, keep P(bad case|embedding) > T2 (0.5)"),
     "--index": ("index", str, "lsb: kNN index auto|flat|ivf|hnsw|ivfpq (auto)"),
     "--metric": ("metric", str, "lsb: cosine (default) or l2"),

@@ -10,10 +10,11 @@ Options (``ctx.options``, i.e. keyword arguments of ``broaden.select.select``) a
 :func:`broaden.lsb.lsb`: ``seeds``, ``seed_threshold``, ``k``, ``lookalike_threshold``, ``index``,
 ``metric``, ``discrepancy``, ``per_class_cap``, ``denoise``, ``target_recall``, ``memory_gb``,
 ``index_dir``. Without ``k``, each seed contributes enough neighbours for the strategy's share:
-k = max(10, ⌈2n / seeds⌉).
+k = max(10, ⌈2n / number of seeds⌉), counting the seeds the labelled set actually yields.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from broaden.io import id_keys
 from broaden.lsb.broaden import lsb
+from broaden.lsb.seeds import load_labeled, select_seeds
 from broaden.select.registry import SelectContext, register_strategy
 
 LSB_OPTIONS = ("seeds", "seed_threshold", "k", "lookalike_threshold", "index", "metric", "discrepancy",
@@ -31,13 +33,22 @@ PROVENANCE = ("seed_id", "seed_ids", "neighbor_rank", "similarity", "lookalike_s
 
 def _ranked(pool, n: int, ctx: SelectContext, *, filtered: bool) -> tuple[np.ndarray, np.ndarray, pa.Table]:
     opts = {k: v for k, v in ctx.options.items() if k in LSB_OPTIONS and v is not None}
+    labeled = ctx.labeled
     if "k" not in opts:
-        opts["k"] = max(10, math.ceil(2 * n / max(1, opts.get("seeds") or 1000)))
+        # Size k by the seeds there really are: a cap of 1000 with only 50 bad cases needs 20× more depth.
+        defaults = {p.name: p.default for p in inspect.signature(lsb).parameters.values()}
+        view = load_labeled(labeled, kind=opts.get("discrepancy", defaults["discrepancy"]), columns=ctx.columns,
+                            require_embedding=True)
+        seeds = select_seeds(view, threshold=opts.get("seed_threshold", defaults["seed_threshold"]),
+                             max_seeds=opts.get("seeds", defaults["seeds"]), per_class_cap=opts.get("per_class_cap"),
+                             denoise=bool(opts.get("denoise", defaults["denoise"])))
+        opts["k"] = max(10, math.ceil(2 * n / max(1, len(seeds))))
+        labeled = view.table  # validated and read once
     if filtered:
         opts.setdefault("lookalike_threshold", DEFAULT_LOOKALIKE_THRESHOLD)
     else:
         opts.pop("lookalike_threshold", None)
-    result = lsb(ctx.labeled, pool, exclude=ctx.exclude, columns=ctx.columns, seed=ctx.seed, engine=ctx.engine,
+    result = lsb(labeled, pool, exclude=ctx.exclude, columns=ctx.columns, seed=ctx.seed, engine=ctx.engine,
                  **opts)
     cand = result.candidates
     ids = id_keys(cand.column(ctx.columns.id))

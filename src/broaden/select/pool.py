@@ -102,7 +102,7 @@ def read_ids(path: str | os.PathLike, *, id_col: str = "id") -> np.ndarray:
         col = id_col if id_col in schema.names else (schema.names[0] if len(schema.names) == 1 else None)
         if col is None:
             raise SelectionError(f"{p}: no column {id_col!r} to read excluded ids from; found {schema.names}")
-        return id_keys(read_table(p, columns=[col]).column(col))
+        return id_keys(read_table(p, columns=[col]).column(col).drop_null())
     if not p.is_file():
         raise SelectionError(f"{p}: no such file of ids")
     if suffix == ".csv":
