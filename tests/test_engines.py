@@ -365,3 +365,4 @@ def test_score_command_on_ray_equals_local(engine, tmp_path):
     for col in ("probs", "embedding"):
         np.testing.assert_allclose(list_matrix(a.column(col)), list_matrix(b.column(col)), atol=1e-5)
     assert read_table(got.errors_path).equals(read_table(want.errors_path))
+

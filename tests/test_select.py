@@ -383,3 +383,34 @@ def test_cli_select_qbc_and_custom_columns(tmp_path, rng):
 
 def test_selection_error_is_a_broaden_error():
     assert issubclass(SelectionError, BroadenError)
+
+
+def test_a_named_engine_is_created_once_per_call_and_closed(monkeypatch, tmp_path):
+    """select(engine="...") resolves the name once for the whole call and closes what it created."""
+    import broaden.engines as engines
+    from broaden.engines.local import LocalEngine
+    from broaden.io import make_scored_table
+
+    made, closed = [], []
+
+    class Counting(LocalEngine):
+        def close(self):
+            closed.append(self)
+
+    real = engines.get_engine
+
+    def fake(name="local", address=None, **options):
+        if name == "counting":
+            made.append(Counting())
+            return made[-1]
+        return real(name, address, **options)
+
+    monkeypatch.setattr(engines, "get_engine", fake)
+    rng = np.random.default_rng(3)
+    pool = make_scored_table(np.arange(500), rng.dirichlet(np.ones(3), 500), None)
+    out = select(pool, "entropy:0.5,margin:0.3,random:0.2", 50, engine="counting")
+    assert out.num_rows == 50
+    assert len(made) == 1 and closed == made
+    given = Counting()
+    select(pool, "entropy", 10, engine=given)
+    assert given not in closed  # an engine object passed in belongs to the caller

@@ -20,6 +20,7 @@ Ray is an optional extra (``pip install 'broaden[ray]'``); nothing imports it un
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -58,6 +59,20 @@ class Engine(Protocol):
     def build_index(self, pool, **kwargs) -> Any: ...
 
     def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def engine_scope(engine: str | Engine | None) -> Iterator[Engine]:
+    """The engine for one API call: a given :class:`Engine` is used as is (its owner closes it); one named
+    here is created once for the whole call and closed when the call ends, so a call never leaks a Ray
+    session or builds several."""
+    owned = not isinstance(engine, Engine)
+    resolved = get_engine(engine)
+    try:
+        yield resolved
+    finally:
+        if owned:
+            resolved.close()
 
 
 def get_engine(name: str | Engine | None = "local", address: str | None = None, **options) -> Engine:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from broaden.engines import get_engine
+from broaden.engines import engine_scope
 from broaden.errors import ScoredTableError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, list_matrix
-from broaden.lsb.knn import build_index
 from broaden.lsb.lookalike import LookalikeModel
 from broaden.lsb.seeds import load_labeled, seeds_table, select_seeds
 from broaden.lsb.source import KNNError, PoolSource, faiss_metric, prepare
@@ -115,14 +114,14 @@ def lsb(
     # gathered, so the three big consumers of memory never coexist (a 10M pool's index is GBs).
     model = _lookalike(lookalike, lookalike_threshold, view, labeled_emb, seed_threshold, lookalike_holdout, seed)
     del labeled_emb
-    builder = build_index if engine is None else get_engine(engine).build_index
-    knn = builder(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
-                      target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir, save=save_index,
-                      index_params=index_params, seed=seed, show_progress=show_progress)
-    positions = (knn.search(queries, k, exclude=excl, show_progress=show_progress).positions if len(queries)
-                 else np.full((0, k), -1, dtype=np.int64))
-    pool_ids, index_info = knn.ids, knn.info
-    del knn
+    with engine_scope(engine) as runner:
+        knn = runner.build_index(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
+                                 target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir,
+                                 save=save_index, index_params=index_params, seed=seed, show_progress=show_progress)
+        positions = (knn.search(queries, k, exclude=excl, show_progress=show_progress).positions if len(queries)
+                     else np.full((0, k), -1, dtype=np.int64))
+        pool_ids, index_info = knn.ids, knn.info
+        del knn
     union = np.unique(positions[positions >= 0])
     keys = id_keys(pool_ids.take(pa.array(union))) if union.size else np.empty(0, dtype=np.int64)
     del pool_ids

@@ -113,6 +113,15 @@ def select(
     atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
     pool scans; every engine returns the same selection.
     """
+    from broaden.engines import engine_scope
+
+    with engine_scope(engine) as resolved:
+        return _select(pool, strategy, budget, exclude=exclude, seed=seed, labeled=labeled, columns=columns,
+                       out=out, batch_size=batch_size, engine=resolved, options=options)
+
+
+def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns: Columns, out, batch_size: int,
+            engine, options: dict) -> pa.Table:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise SelectionError(f"budget must be a positive integer, got {budget!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
