@@ -213,3 +213,19 @@ def test_count_rows_of_unreadable_file_named(tmp_path):
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(ScoredTableError, match=r"bad\.parquet: not a readable Parquet file"):
         io.count_rows(bad)
+
+
+def test_atomic_dir_swaps_the_whole_folder_or_nothing(tmp_path):
+    target = tmp_path / "model"
+    with io.atomic_dir(target) as d:
+        (d / "a.txt").write_text("1")
+        (d / "b.txt").write_text("1")
+    with pytest.raises(RuntimeError):
+        with io.atomic_dir(target) as d:
+            (d / "a.txt").write_text("2")
+            raise RuntimeError("crash between the two files")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a.txt": "1", "b.txt": "1"}
+    with io.atomic_dir(target) as d:
+        (d / "c.txt").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c.txt"]  # replaced as a whole, no stale files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

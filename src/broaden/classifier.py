@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from broaden.errors import BroadenError
-from broaden.io import atomic_path, write_text
+from broaden.io import atomic_dir
 from broaden.models.text import torch_threads as _threads
 
 WEIGHTS_FILE = "classifier.safetensors"
@@ -235,22 +235,23 @@ class EmbeddingClassifier:
 
     # ---------------------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> Path:
-        """Weights as safetensors and the configuration as JSON (no pickle), both written atomically."""
+        """Weights as safetensors and the configuration as JSON (no pickle) in ``directory``, which is
+        replaced as a whole (atomically)."""
         from safetensors.torch import save_file
 
         if self.model_ is None:
             raise ClassifierError("nothing to save: the classifier is not fitted")
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         tensors = {f"mlp.{k}": v.contiguous() for k, v in self.model_.state_dict().items()}
         tensors["input.mean"] = torch.from_numpy(np.asarray(self.mean_, np.float32))
         tensors["input.scale"] = torch.from_numpy(np.asarray(self.scale_, np.float32))
-        with atomic_path(d / WEIGHTS_FILE) as tmp:
-            save_file(tensors, str(tmp))
         config = {"format_version": FORMAT_VERSION, "params": self.get_params(),
                   "num_classes": self.num_classes_, "n_features": self.n_features_,
                   "best_epoch": self.best_epoch_}
-        write_text(json.dumps(config, indent=2), d / CONFIG_FILE)
+        d = Path(directory)
+        # Both files are swapped in together, so weights and config always belong to the same fit.
+        with atomic_dir(d) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         return d
 
     @classmethod

@@ -12,18 +12,14 @@ previous version loadable. Optimizer and RNG state use the same two formats (no 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from broaden.io import write_text
+from broaden.io import atomic_dir, write_text
 from broaden.models.audio import WhisperAudio
 from broaden.models.config import ConfigError, ItemColumns, ModelConfig, columns_from_dict, \
     model_config_from_dict, to_dict
@@ -34,28 +30,8 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-@contextlib.contextmanager
-def staged_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder beside ``target``; on success it replaces ``target`` (old copy kept as
-    ``<target>.old`` for the instant between the two renames, then removed)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def existing_dir(target: str | os.PathLike) -> Path | None:
-    """``target`` if present, else the ``.old`` copy an interrupted :func:`staged_dir` swap left behind."""
+    """``target`` if present, else the ``.old`` copy an interrupted :func:`broaden.io.atomic_dir` swap left behind."""
     target = Path(target)
     old = target.with_name(target.name + ".old")
     return target if target.exists() else (old if old.exists() else None)
@@ -90,7 +66,7 @@ def write_model(model: MultimodalClassifier, tokenizer, columns: ItemColumns, fo
 
 def save_model(model: MultimodalClassifier, tokenizer, columns: ItemColumns, folder: str | os.PathLike) -> Path:
     """Save a model to ``folder`` (replacing any previous one there only once complete)."""
-    with staged_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         write_model(model, tokenizer, columns, tmp)
     return Path(folder)
 

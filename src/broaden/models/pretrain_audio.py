@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from broaden.errors import DatasetError
-from broaden.io import labels_array, read_table
+from broaden.io import atomic_dir, labels_array, read_table
 from broaden.models.audio import CONV_STRIDE, HOP_LENGTH, SAMPLE_RATE, WhisperAudio, load_audio
-from broaden.models.checkpoint import staged_dir
 from broaden.models.fusion import masked_mean
 from broaden.models.progress import track
 from broaden.models.text import torch_threads
@@ -225,7 +224,7 @@ def _save(audio: WhisperAudio, cfg: PretrainConfig, table: pa.Table, result: Pre
     meta = {"objective": OBJECTIVE, "config": asdict(cfg), "speakers": result.speakers,
             "recordings": table.column("id").to_pylist(), "train_accuracy": result.train_accuracy,
             "val_accuracy": result.val_accuracy, "history": result.history}
-    with staged_dir(result.path) as folder:
+    with atomic_dir(result.path) as folder:
         model.save_pretrained(str(folder))
         audio.feature_extractor.save_pretrained(str(folder))
         (folder / "pretraining.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -27,10 +27,10 @@ import pyarrow as pa
 import torch
 
 from broaden.errors import BroadenError, ScoredTableError
-from broaden.io import labels_array, write_table, write_text
+from broaden.io import atomic_dir, labels_array, write_table, write_text
 from broaden.models.audio import WhisperAudio
 from broaden.models.audio_cache import AudioCache
-from broaden.models.checkpoint import existing_dir, read_training_state, save_model, staged_dir, \
+from broaden.models.checkpoint import existing_dir, read_training_state, save_model, \
     write_model, write_training_state
 from broaden.models.config import ConfigError, RunConfig, load_run_config, to_dict
 from broaden.models.data import Featurizer, items_base_dir, read_items
@@ -233,7 +233,7 @@ class _Trainer:
                 "model": to_dict(c.model), "train": train}
 
     def save_checkpoint(self, state: dict) -> None:
-        with staged_dir(self.out / "checkpoint") as folder:
+        with atomic_dir(self.out / "checkpoint") as folder:
             write_model(self.model, self.tokenizer, self.cfg.columns, folder / "model")
             write_training_state(folder, self.optimizer, state | {"fingerprint": self._fingerprint()})
 

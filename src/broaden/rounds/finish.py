@@ -6,8 +6,6 @@ a crash in between leaves the round open and the next ``finish`` simply trains a
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +56,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
         clf = ws.new_classifier()
         clf.fit(matrix(labeled, cols.embedding), np.asarray(labeled.column(cols.label)), num_classes=cfg.num_classes)
         rel = Path("models") / f"round-{number:04d}"
-        _save_model(clf, ws.path / rel)
+        clf.save(ws.path / rel)
         metrics = {"model": {"path": str(rel), "id": model_id(ws.path / rel), "embedding_version": versions[0],
                              "trained_on": labeled.num_rows},
                    "pending": pending, "tied": tied}
@@ -68,16 +66,6 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
         fault_point("round-finish:model-saved")
         ledger.finish_round(number, metrics=metrics)
     return RoundFinish(number, labeled.num_rows, metrics["model"]["id"], metrics.get("eval"), pending, tied)
-
-
-def _save_model(clf, target: Path) -> None:
-    """Save into a fresh folder and swap it in, so a half-written model is never picked up."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clf.save(tmp)
-    if target.exists():  # left by a finish that crashed before its ledger commit
-        shutil.rmtree(target)
-    os.replace(tmp, target)
 
 
 def _evaluate(ws: Workspace, clf, trained_version: str) -> dict:
