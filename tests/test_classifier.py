@@ -119,3 +119,14 @@ def test_threads_are_restored(rng):
     before = torch.get_num_threads()
     EmbeddingClassifier(**FAST, num_threads=1).fit(X, y)
     assert torch.get_num_threads() == before
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from broaden.classifier import balanced_class_weights
+
+    y = np.array([0, 0, 0, 1, 2, 2, 0, 2])
+    ref = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    np.testing.assert_allclose(balanced_class_weights(y, 3), ref)
+    assert balanced_class_weights(y, 4)[3] == 0.0  # an absent class gets no weight

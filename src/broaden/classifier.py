@@ -39,6 +39,12 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float) -> 
     return nn.Sequential(*layers)
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights n / (C · n_c); 0 for a class absent from ``labels``."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+
+
 class EmbeddingClassifier:
     """MLP classifier over fixed feature vectors (scikit-learn style: ``fit`` / ``predict_proba``).
 
@@ -151,9 +157,7 @@ class EmbeddingClassifier:
     def _class_weights(self, y: np.ndarray, C: int) -> torch.Tensor | None:
         if self.class_weight != "balanced":
             return None
-        counts = np.bincount(y, minlength=C).astype(np.float64)
-        w = np.where(counts > 0, len(y) / (C * np.maximum(counts, 1)), 0.0)
-        return torch.tensor(w, dtype=torch.float32)
+        return torch.tensor(balanced_class_weights(y, C), dtype=torch.float32)
 
     def _train(self, Xs, y, sw, train_idx, val_idx, weights, rng) -> None:
         model = self.model_

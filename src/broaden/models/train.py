@@ -86,8 +86,9 @@ def _class_weights(spec, labels: np.ndarray, num_classes: int) -> torch.Tensor |
     if spec is None:
         return None
     if spec == "balanced":
-        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-        weights = len(labels) / (num_classes * np.maximum(counts, 1))
+        from broaden.classifier import balanced_class_weights
+
+        weights = balanced_class_weights(labels, num_classes)
     else:
         weights = np.asarray(spec, dtype=np.float64)
         if weights.shape != (num_classes,) or (weights < 0).any():
