@@ -192,3 +192,18 @@ def test_hf_text_backbone_runs_end_to_end(tmp_path):
                    progress=False, num_threads=1)
     assert result.n_scored == 16
     assert len(pq.read_table(result.out).column("embedding")[0]) == 32
+
+
+def test_incomplete_model_folder_is_a_clear_error(run, tmp_path):
+    import json
+    import shutil
+
+    from broaden.models.config import ConfigError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "run" / "model", broken)
+    meta = json.loads((broken / "config.json").read_text())
+    del meta["columns"]
+    (broken / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"config\.json: missing 'columns'"):
+        load_model(broken)

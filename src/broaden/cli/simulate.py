@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds, repeats=args.repeats, seed=args.seed, label_noise=args.label_noise,
         confusion=args.confusion, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
         lookalike_threshold=args.lookalike_threshold, latent=args.latent, denoise=args.denoise_seeds,
-        variants=args.variants, groups=args.groups.split(",") if args.groups else None,
+        variants=args.variants, groups=[g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None,
         pool_size=args.pool_size, max_items=args.max_items, encoder=args.encoder, data_dir=args.data_dir,
         cache_dir=args.cache_dir, index=args.index, progress=not args.quiet,
         classifier={"hidden": (args.hidden,),

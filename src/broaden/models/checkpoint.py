@@ -110,6 +110,10 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", whisper_path: st
         raise ConfigError(f"{folder / CONFIG_FILE}: not valid JSON ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{folder / CONFIG_FILE}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    missing = [key for key in ("model", "columns") if key not in meta]
+    if missing:
+        raise ConfigError(f"{folder / CONFIG_FILE}: missing {', '.join(repr(m) for m in missing)}; "
+                          "the folder is not a complete saved model")
     config = model_config_from_dict(meta["model"], f"{folder / CONFIG_FILE}: model")
     columns = columns_from_dict(meta["columns"], f"{folder / CONFIG_FILE}: columns")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "text"), local_files_only=True)
