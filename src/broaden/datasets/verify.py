@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from broaden.datasets.locate import cache_dir, describe_origin, resolve_data_dir
 from broaden.datasets.registry import DatasetInfo, FileSpec, get_info
 from broaden.errors import DatasetError
 from broaden.io import write_text
+from broaden.progress import track
 
 _CHUNK = 1 << 20
 
@@ -168,15 +168,11 @@ def dataset_status(name: str, data_dir: str | os.PathLike | None = None,
 
 
 def progress(items: Iterable, description: str, total: int | None = None) -> Iterator:
-    """Iterate with a rich progress bar on stderr when it is a terminal and the work is long."""
+    """Iterate with a progress bar on stderr when it is a terminal and the work is long (≥ 100 items)."""
     if total is None:
         items = list(items)
         total = len(items)
-    if total < 100 or not sys.stderr.isatty():
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
-
-    yield from track(items, description=description, total=total, console=Console(stderr=True),
-                     transient=True)
+    with track(description, total, total >= 100, transient=True) as advance:
+        for item in items:
+            yield item
+            advance()

@@ -34,7 +34,8 @@ from broaden.engines.local import LocalEngine
 from broaden.engines.shards import Shard, Unit, plan_shards, pool_units
 from broaden.errors import BroadenError, ScoredTableError
 from broaden.io import DEFAULT_COLUMNS, Columns, Validator, id_keys, read_table
-from broaden.select.pool import BATCH_SIZE, progress
+from broaden.progress import track
+from broaden.select.pool import BATCH_SIZE
 
 TASK_RETRIES = 3
 ACTOR_RESTARTS = 3
@@ -225,7 +226,7 @@ def _gather(refs: list, rows: list[int], description: str | None) -> list:
     if description is None:
         return _unwrap(refs)
     index = {ref: i for i, ref in enumerate(refs)}
-    with progress(sum(rows), description) as advance:
+    with track(description, sum(rows), transient=True) as advance:
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -322,7 +323,7 @@ class RayEngine(LocalEngine):
             ds = ds.map_batches(_BatchActor, fn_constructor_args=(make_fn, device), batch_size=batch_size,
                                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                                 num_cpus=actor_cpus, num_gpus=1 if use_gpu else None)
-            with progress(total, f"{description} (ray, {size} actors)") as advance:
+            with track(f"{description} (ray, {size} actors)", total, transient=True) as advance:
                 try:
                     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                         yield table

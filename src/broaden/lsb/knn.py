@@ -27,7 +27,8 @@ from broaden.errors import ScoredTableError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys
 from broaden.lsb.calibrate import calibrate
 from broaden.lsb.source import BATCH_SIZE, KNNError, PoolSource, faiss_metric, prepare
-from broaden.select.pool import IdSet, progress
+from broaden.progress import track
+from broaden.select.pool import IdSet
 
 
 # ----------------------------------------------------------------------------------------- backends
@@ -265,7 +266,7 @@ class KNNIndex:
     def _stream_search(self, q, k, excl, batch_size, show_progress):
         scan = ExactScan(q, k, self.metric, gpu=gpu_resources())
         id_parts = []
-        with progress(self.source.num_rows if show_progress else 0, "exact kNN over the pool") as advance:
+        with track("exact kNN over the pool", self.source.num_rows, show_progress, transient=True) as advance:
             for offset, ids, x in self.source.blocks(batch_size=batch_size):
                 keep = ~excl.contains(id_keys(ids)) if excl is not None and len(excl) else None
                 scan.add(offset, prepare(x, self.metric), keep)
@@ -463,7 +464,7 @@ def _build(source, backend, params, metric, dim, rng, cal, k, batch_size, show_p
     t0 = time.perf_counter()
     scan = ExactScan(cal, k, metric, gpu=gpu) if cal is not None else None
     id_parts = []
-    with progress(source.num_rows if show_progress else 0, f"building {backend.factory(params)}") as advance:
+    with track(f"building {backend.factory(params)}", source.num_rows, show_progress, transient=True) as advance:
         for offset, ids, x in source.blocks(batch_size=batch_size):
             xp = prepare(x, metric)
             work.add(xp)

@@ -33,7 +33,7 @@ from broaden.errors import DatasetError
 from broaden.io import atomic_dir, labels_array, read_table
 from broaden.models.audio import CONV_STRIDE, HOP_LENGTH, SAMPLE_RATE, WhisperAudio, load_audio
 from broaden.models.fusion import masked_mean
-from broaden.models.progress import track
+from broaden.progress import track
 from broaden.models.text import torch_threads
 
 OBJECTIVE = "spoken-digit classification (10 classes), mean-pooled encoder states, linear head"

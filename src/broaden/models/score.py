@@ -26,7 +26,7 @@ from broaden.models.audio_cache import AudioCache
 from broaden.models.checkpoint import load_model
 from broaden.models.data import Featurizer, check_item_columns, items_base_dir
 from broaden.models.inference import infer
-from broaden.models.progress import track
+from broaden.progress import track
 from broaden.models.text import torch_threads
 
 ATTENTION_COL = "audio_attention"

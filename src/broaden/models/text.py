@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from broaden.errors import BroadenError
-from broaden.models.progress import track
+from broaden.progress import track
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -36,7 +36,7 @@ from broaden.models.config import ConfigError, RunConfig, load_run_config, to_di
 from broaden.models.data import Featurizer, items_base_dir, read_items
 from broaden.models.inference import infer
 from broaden.models.network import MultimodalClassifier
-from broaden.models.progress import track
+from broaden.progress import track
 from broaden.models.text import load_tokenizer, torch_threads
 
 LOWER_IS_BETTER = {"loss", "multiclass_loss", "max_beta_variance"}

@@ -97,7 +97,7 @@ def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: 
     validator = io.Validator(columns=cols, require=("id", "embedding"))
     out_schema = schema.append(pa.field(cols.probs, pa.list_(pa.float32())))
     out_schema = out_schema.with_metadata({**(schema.metadata or {}), MODEL_ID_KEY: model["id"].encode()})
-    from broaden.models.progress import track
+    from broaden.progress import track
 
     with io.ParquetStreamWriter(out, out_schema) as writer, track("scoring pool", io.count_rows(pool)) as advance:
         for b in io.iter_batches(pool, validator=validator):

@@ -5,9 +5,7 @@ holds more than one record batch of the pool plus the id arrays it is asked to l
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +17,7 @@ from broaden.errors import BroadenError
 from broaden.io import (
     Columns, Validator, count_rows, id_keys, iter_batches, parquet_files, read_schema, read_table,
 )
+from broaden.progress import track
 
 BATCH_SIZE = 65_536
 
@@ -133,19 +132,6 @@ def _source(pool) -> str:
     return "pool table" if isinstance(pool, pa.Table) else str(pool)
 
 
-@contextlib.contextmanager
-def progress(total: int, description: str):
-    """A rich progress bar on stderr (silent when stderr is not a terminal); yields ``advance(n)``."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not sys.stderr.isatty(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def iter_pool(
     pool,
     columns: Columns,
@@ -176,7 +162,7 @@ def iter_pool(
         raw = ((b, "pool table", off) for b, off in _table_batches(pool.select(read_cols), batch_size))
     else:
         raw = _path_batches(pool, read_cols, batch_size)
-    with progress(pool_rows(pool), description) as advance:
+    with track(description, pool_rows(pool), transient=True) as advance:
         for batch, source, offset in raw:
             for v in validators:
                 batch = v(batch, source, offset)
@@ -243,7 +229,7 @@ def fetch_rows(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_
         batches = (b for b, _ in _table_batches(pool, batch_size))
     else:
         batches = (b for b, _, _ in _path_batches(pool, None, batch_size))
-    with progress(pool_rows(pool), "collecting selected rows") as advance:
+    with track("collecting selected rows", pool_rows(pool), transient=True) as advance:
         for batch in batches:
             k = id_keys(batch.column(columns.id))
             hit = wanted.contains(k)
