@@ -124,3 +124,10 @@ def test_edge_cases():
     empty = m.evaluate(np.array([], int), np.zeros((0, 2)))
     assert empty["n"] == 0 and math.isnan(empty["auc"])
     assert m.to_jsonable({"a": float("nan"), "b": [float("inf"), 1.0]}) == {"a": None, "b": [None, 1.0]}
+
+
+def test_mean_std_ignores_undefined_values():
+    mean, std = m.mean_std([1.0, None, 3.0, float("nan"), 2.0])
+    assert mean == pytest.approx(2.0) and std == pytest.approx(np.std([1, 3, 2], ddof=1))
+    assert m.mean_std([5.0]) == (5.0, None)
+    assert math.isnan(m.mean_std([None, float("nan")])[0])

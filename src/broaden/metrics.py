@@ -276,6 +276,18 @@ def _key(level: float) -> str:
     return f"{level:g}"
 
 
+def mean_std(values: Sequence) -> tuple[float, float | None]:
+    """Mean and sample std (ddof = 1) over repeats, ignoring undefined entries (None/NaN/inf).
+
+    The mean is NaN when nothing is defined; the std is None for fewer than two values.
+    """
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, None
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
+
+
 def to_jsonable(value):
     """Replace NaN/inf by None so results serialise as strict JSON."""
     if isinstance(value, dict):

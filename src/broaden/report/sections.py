@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from broaden.metrics import roc_auc
+from broaden.metrics import mean_std, roc_auc
 from broaden.report import plots
 from broaden.report.data import ExplorerCase, ExplorerItem, MetricColumn, MetricTable, ReportData
 from broaden.report.safe import Markup, h, join
@@ -34,14 +34,6 @@ def not_available(data: ReportData, section_id: str) -> Markup:
 
 
 # -------------------------------------------------------------------------------------- tables
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, None
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None)
-
-
 def best_rows(table: MetricTable, key: str, higher: bool | None) -> set[str]:
     """Rows whose mean is the best of the column (all of them on a tie).
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from broaden.metrics import mean_std
+
 BOOTSTRAP_RESAMPLES = 10_000
 
 
@@ -23,10 +25,9 @@ def _finite(values: Sequence) -> np.ndarray:
 def summarize(values: Sequence) -> dict:
     """{"mean", "std" (ddof = 1; None for one value), "values"} ignoring undefined (None/NaN) entries."""
     arr = _finite(values)
-    ok = arr[np.isfinite(arr)]
-    mean = float(ok.mean()) if ok.size else None
-    std = float(ok.std(ddof=1)) if ok.size > 1 else None
-    return {"mean": mean, "std": std, "values": [None if not math.isfinite(v) else float(v) for v in arr]}
+    mean, std = mean_std(arr)
+    return {"mean": None if math.isnan(mean) else mean, "std": std,
+            "values": [None if not math.isfinite(v) else float(v) for v in arr]}
 
 
 def paired_test(values: Sequence, reference: Sequence, *, seed: int = 0) -> dict:
