@@ -9,7 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
-from broaden.classifier import ClassifierError, EmbeddingClassifier
+from broaden.classifier import ClassifierError, EmbeddingClassifier, balanced_class_weights
 
 
 def blobs(rng, n=600, d=12, C=3, spread=1.0):
@@ -66,6 +66,9 @@ def test_balanced_class_weights_match_scikit_learn(rng):
     clf = EmbeddingClassifier(class_weight="balanced")
     w = clf._class_weights(y, 3).numpy()
     np.testing.assert_allclose(w, compute_class_weight("balanced", classes=np.arange(3), y=y), rtol=1e-6)
+    # the shared function the VL trainer also uses; a class absent from the labels gets no weight
+    np.testing.assert_allclose(balanced_class_weights(y, 3), w, rtol=1e-6)
+    assert balanced_class_weights(y, 4)[3] == 0.0
 
 
 def test_num_classes_covers_classes_missing_from_training(rng):
@@ -120,13 +123,3 @@ def test_threads_are_restored(rng):
     EmbeddingClassifier(**FAST, num_threads=1).fit(X, y)
     assert torch.get_num_threads() == before
 
-
-def test_balanced_class_weights_match_scikit_learn():
-    from sklearn.utils.class_weight import compute_class_weight
-
-    from broaden.classifier import balanced_class_weights
-
-    y = np.array([0, 0, 0, 1, 2, 2, 0, 2])
-    ref = compute_class_weight("balanced", classes=np.arange(3), y=y)
-    np.testing.assert_allclose(balanced_class_weights(y, 3), ref)
-    assert balanced_class_weights(y, 4)[3] == 0.0  # an absent class gets no weight
