@@ -280,7 +280,7 @@ def test_rp_operating_points_match_brute_force():
     y, s = binary_view(labels, probs)
     pts = operating_points(y, s)
     levels = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    marks = plots.operating_point_indices(pts, y, s, levels)
+    marks = plots.operating_point_indices(pts, levels)
     precision, recall, _ = precision_recall_curve(y, s)
     for level in levels:
         feasible = precision >= level

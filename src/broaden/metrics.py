@@ -132,16 +132,26 @@ def _best_index(values: np.ndarray, feasible: np.ndarray) -> int | None:
     return int(np.argmax(candidates))
 
 
+def precision_points(pts: OperatingPoints, levels: Sequence[float] = PRECISION_LEVELS) -> dict[str, int | None]:
+    """The operating point behind each R@Pxx: largest recall with precision ≥ xx (None if no point qualifies)."""
+    return {_key(lv): _best_index(pts.recall, pts.precision >= lv - 1e-12) for lv in levels}
+
+
+def fpr_points(pts: OperatingPoints, levels: Sequence[float] = FPR_LEVELS) -> dict[str, int | None]:
+    """The operating point behind each TPR@FPR: largest TPR with FPR ≤ level (None if no point qualifies)."""
+    return {_key(lv): _best_index(pts.recall, pts.fpr <= lv + 1e-12) for lv in levels}
+
+
+def _recalls(pts: OperatingPoints, chosen: dict[str, int | None]) -> dict[str, float]:
+    return {k: float(pts.recall[i]) if i is not None and pts.n_pos else 0.0 for k, i in chosen.items()}
+
+
 def recall_at_precision(
     y: np.ndarray, s: np.ndarray, levels: Sequence[float] = PRECISION_LEVELS, *, _pts=None
 ) -> dict[str, float]:
     """R@Pxx: the largest recall among operating points with precision ≥ xx (0 if none)."""
     pts = _pts or operating_points(y, s)
-    out = {}
-    for level in levels:
-        i = _best_index(pts.recall, pts.precision >= level - 1e-12)
-        out[_key(level)] = float(pts.recall[i]) if i is not None and pts.n_pos else 0.0
-    return out
+    return _recalls(pts, precision_points(pts, levels))
 
 
 def tpr_at_fpr(
@@ -149,11 +159,7 @@ def tpr_at_fpr(
 ) -> dict[str, float]:
     """TPR@FPR: the largest TPR among operating points with FPR ≤ level (0 if none)."""
     pts = _pts or operating_points(y, s)
-    out = {}
-    for level in levels:
-        i = _best_index(pts.recall, pts.fpr <= level + 1e-12)
-        out[_key(level)] = float(pts.recall[i]) if i is not None and pts.n_pos else 0.0
-    return out
+    return _recalls(pts, fpr_points(pts, levels))
 
 
 def beta_variance(alpha: np.ndarray | float, beta: np.ndarray | float) -> np.ndarray | float:
@@ -185,8 +191,7 @@ def max_beta_variance(
     pred = s >= threshold
     tp = int((pred & (y == 1)).sum())
     counts.append((tp, int(pred.sum()) - tp, pts.n_pos - tp))
-    chosen = [_best_index(pts.recall, pts.precision >= lv - 1e-12) for lv in precision_levels]
-    chosen += [_best_index(pts.recall, pts.fpr <= lv + 1e-12) for lv in fpr_levels]
+    chosen = [*precision_points(pts, precision_levels).values(), *fpr_points(pts, fpr_levels).values()]
     for i in chosen:
         if i is not None:
             counts.append((int(pts.tp[i]), int(pts.fp[i]), int(pts.n_pos - pts.tp[i])))

@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from broaden.metrics import binary_view, operating_points, recall_at_precision, roc_auc, tpr_at_fpr
+from broaden.metrics import binary_view, operating_points, precision_points, roc_auc, tpr_at_fpr
 from broaden.report.data import ConfusionData, LookalikeData, ScoreSet, TrendPanel
 from broaden.report.safe import Markup, escape
 
@@ -122,14 +122,9 @@ def _thin(n: int, keep: Sequence[int]) -> np.ndarray:
     return np.unique(np.r_[np.linspace(0, n - 1, MAX_CURVE_POINTS).astype(int), list(keep)])
 
 
-def operating_point_indices(pts, y, s, levels: Sequence[float]) -> dict[str, int]:
-    """For each R@P level, the operating point that achieves the reported recall (highest threshold)."""
-    out = {}
-    for key, r in recall_at_precision(y, s, levels).items():
-        ok = np.flatnonzero((pts.precision >= float(key) - 1e-12) & np.isclose(pts.recall, r))
-        if ok.size and r > 0:
-            out[key] = int(ok[0])
-    return out
+def operating_point_indices(pts, levels: Sequence[float]) -> dict[str, int]:
+    """For each R@P level with a positive recall, the operating point that achieves it (highest threshold)."""
+    return {key: i for key, i in precision_points(pts, levels).items() if i is not None and pts.recall[i] > 0}
 
 
 @styled
@@ -149,7 +144,7 @@ def pr_roc(canvas: SvgCanvas, sets: Sequence[ScoreSet], palette: Palette, *,
         if pts.n_pos == 0 or pts.n_neg == 0:
             continue
         colour = palette[ss.name]
-        marks = operating_point_indices(pts, y, s, levels)
+        marks = operating_point_indices(pts, levels)
         idx = _thin(len(pts.thresholds), marks.values())
         recall, precision, fpr = pts.recall[idx], pts.precision[idx], pts.fpr[idx]
         aucs[ss.name] = roc_auc(y, s)
@@ -162,7 +157,7 @@ def pr_roc(canvas: SvgCanvas, sets: Sequence[ScoreSet], palette: Palette, *,
                           linewidth=0.8, zorder=3)
             ax_roc.scatter(pts.fpr[mi], pts.recall[mi], s=22, color=colour, edgecolor="white",
                            linewidth=0.8, zorder=3)
-        t1 = tpr_at_fpr(y, s, (0.01,))["0.01"]
+        t1 = tpr_at_fpr(y, s, (0.01,), _pts=pts)["0.01"]  # reuse the sorted operating points
         ax_roc.scatter([0.01], [t1], marker="D", s=18, color=colour, zorder=3)
     for level in levels:
         ax_pr.axhline(level, color="#cbd5e1", lw=0.7, ls=":", zorder=0)
