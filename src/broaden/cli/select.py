@@ -26,6 +26,8 @@ OPTIONS = {
     "--per-class-cap": ("per_class_cap", int, "lsb: at most this many seeds per label"),
     "--k": ("k", int, "lsb: neighbours per seed (default max(10, 2*share/seeds found))"),
     "--lookalike-threshold": ("lookalike_threshold", float, "lsb-lt: T2, keep P(bad case|embedding) > T2 (0.5)"),
+    "--rank-by": ("rank_by", str, "lsb: similarity (lsb's default), lookalike (lsb-lt's default) or nearest "
+                  "(every seed's 1st neighbour, then every 2nd, ...)"),
     "--index": ("index", str, "lsb: kNN index auto|flat|ivf|hnsw|ivfpq (auto)"),
     "--metric": ("metric", str, "lsb: cosine (default) or l2"),
     "--target-recall": ("target_recall", float, "lsb: recall@k an approximate index is calibrated to (0.95)"),
@@ -56,13 +58,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         g.add_argument(flag, type=typ, help=text)
     g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,
                    help="lsb: drop seeds that confident learning flags as likely mislabelled")
+    g.add_argument("--fill", action="store_const", const=True,
+                   help="lsb: double k until the share is filled with candidates passing T2, instead of "
+                   "passing the shortfall to the next strategy of the mix")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from broaden.select import select
 
-    names = [name for name, _, _ in OPTIONS.values()] + ["denoise"]
+    names = [name for name, _, _ in OPTIONS.values()] + ["denoise", "fill"]
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     with engine_from_args(args) as engine:
         table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,

@@ -37,6 +37,9 @@ class LSBResult:
     index_info: dict
     case_study: list[dict] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    #: The LT model's held-out labelled items (``id``, ``z``, ``lookalike_score``): what its AUC was measured
+    #: on, for plots and reports that must not reload the labelled set. None when LT did not run here.
+    heldout: pa.Table | None = None
 
 
 def exclusion_set(labeled_keys: np.ndarray, exclude, id_col: str = "id") -> IdSet:
@@ -113,6 +116,8 @@ def lsb(
     # The LT model is fitted before the index exists and the index is dropped before the pool rows are
     # gathered, so the three big consumers of memory never coexist (a 10M pool's index is GBs).
     model = _lookalike(lookalike, lookalike_threshold, view, labeled_emb, seed_threshold, lookalike_holdout, seed)
+    fitted_here = lookalike is None and model is not None
+    heldout = _heldout(model, view, labeled_emb, seed_threshold, cols) if fitted_here else None
     del labeled_emb
     with engine_scope(engine) as runner:
         knn = runner.build_index(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
@@ -140,7 +145,7 @@ def lsb(
         "lookalike_auc": None if model is None or np.isnan(model.auc_) else round(model.auc_, 4),
     }
     study = _case_study(case_study, seeds_t, pairs, rows, lt_scores, candidates, cols)
-    return LSBResult(candidates, seeds_t, model, index_info, study, stats)
+    return LSBResult(candidates, seeds_t, model, index_info, study, stats, heldout)
 
 
 def _ranked_pairs(positions, union, q, emb, metric, keys) -> dict:
@@ -182,6 +187,15 @@ def _lookalike(lookalike, threshold, view, labeled_emb, seed_threshold, holdout,
         return None
     rows, z = view.lookalike_targets(seed_threshold)
     return LookalikeModel(holdout=holdout, seed=seed).fit(labeled_emb[rows], z)
+
+
+def _heldout(model: LookalikeModel, view, labeled_emb, seed_threshold: float, cols: Columns) -> pa.Table | None:
+    """The held-out rows of the LT model this run fitted on ``view``, with their LT scores."""
+    rows, z = view.lookalike_targets(seed_threshold)
+    held = rows[model.holdout_index_]
+    return pa.table({cols.id: view.table.column(cols.id).take(pa.array(held, pa.int64())),
+                     "z": pa.array(z[model.holdout_index_], pa.int64()),
+                     "lookalike_score": pa.array(model.score(labeled_emb[held]), pa.float64())})
 
 
 def _candidates(best, pairs, rows, keys, seed_ids, lt_scores, threshold, cols) -> pa.Table:

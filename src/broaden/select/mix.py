@@ -104,24 +104,28 @@ def select(
     out: str | os.PathLike | None = None,
     batch_size: int = BATCH_SIZE,
     engine=None,
+    return_details: bool = False,
     **options,
-) -> pa.Table:
+) -> pa.Table | tuple[pa.Table, dict]:
     """Choose ``budget`` pool items to label next with a strategy or a mix (see module docstring).
 
     ``exclude`` is ids (any iterable) or a file of ids (txt, one per line; Parquet/CSV with an id
     column). ``options`` go to every strategy (e.g. ``committee_cols=[...]`` for qbc). Writes ``out``
     atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
-    pool scans; every engine returns the same selection.
+    pool scans; every engine returns the same selection. ``return_details=True`` returns ``(table,
+    reports)``: what each strategy reported about its run, by name (``lsb``/``lsb-lt``: the
+    :class:`broaden.lsb.LSBResult`, or the error that left it without candidates).
     """
     from broaden.engines import engine_scope
 
     with engine_scope(engine) as resolved:
-        return _select(pool, strategy, budget, exclude=exclude, seed=seed, labeled=labeled, columns=columns,
-                       out=out, batch_size=batch_size, engine=resolved, options=options)
+        table, reports = _select(pool, strategy, budget, exclude=exclude, seed=seed, labeled=labeled,
+                                 columns=columns, out=out, batch_size=batch_size, engine=resolved, options=options)
+    return (table, reports) if return_details else table
 
 
 def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns: Columns, out, batch_size: int,
-            engine, options: dict) -> pa.Table:
+            engine, options: dict) -> tuple[pa.Table, dict]:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise SelectionError(f"budget must be a positive integer, got {budget!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -185,7 +189,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
     table = _assemble(pool, columns, picks, batch_size)
     if out is not None:
         write_table(table, out)
-    return table
+    return table, ctx.reports
 
 
 def _provenance(picks) -> dict[str, pa.ChunkedArray]:

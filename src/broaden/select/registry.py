@@ -37,6 +37,8 @@ class SelectContext:
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = BATCH_SIZE
     engine: Any = None  # a broaden.engines.Engine; None = this process
+    #: What each strategy chose to report about its run, by strategy name (LSB: its LSBResult).
+    reports: dict[str, Any] = field(default_factory=dict)
 
     @property
     def runner(self):

@@ -25,9 +25,9 @@ def top_k_indices(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([above, tied])
 
 
-def rank_order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Permutation putting rows in (score desc, id asc) order."""
-    return np.lexsort((ids, -scores))
+def rank_order(scores: np.ndarray, ids: np.ndarray, *then: np.ndarray) -> np.ndarray:
+    """Permutation putting rows in (score desc, each of ``then`` desc, id asc) order."""
+    return np.lexsort((ids, *(-np.asarray(t) for t in reversed(then)), -np.asarray(scores)))
 
 
 class TopK:

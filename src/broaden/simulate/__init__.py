@@ -1,7 +1,7 @@
 """``broaden simulate`` / ``broaden demo``: the paper's Tables 1–2 protocol with an oracle (§4.1.2).
 
 Pieces: :mod:`data` (features of a dataset, cached encoder output), :mod:`groups` (equal-budget groups
-and LSB variants), :mod:`protocol` (one repeat, R rounds), :mod:`lsb_step` (the LSB share of a batch),
+and LSB variants), :mod:`protocol` (one repeat, R rounds), :mod:`lsb_report` (what an LSB group's run reports),
 :mod:`oracle` (noisy annotator), :mod:`stats` (mean ± std, paired tests), :mod:`results` (files and
 tables), :mod:`runner` (resumable K repeats). Output format: docs/results-format.md.
 """

@@ -13,7 +13,6 @@ from broaden.errors import BroadenError
 STAT_AL_MIX = "least_confident,margin,entropy"
 REFERENCE_GROUP = "Stat-AL"
 LATENTS = ("tuned", "frozen")
-RANK_BY = ("similarity", "lookalike")
 
 
 class GroupError(BroadenError, ValueError):
@@ -27,7 +26,8 @@ class GroupSpec:
     ``kind``: random | stat | hw | qbc | lsb. LSB groups take ``lsb_share`` of the budget from broadening
     (``lookalike``: keep only neighbours with LT score > τ2) and fill the rest with Stat-AL. ``latent``:
     ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output. ``discrepancy`` None means
-    the dataset's own kind. ``rank_by`` orders the neighbours when there are more than the share.
+    the dataset's own kind. ``rank_by`` orders the neighbours when there are more than the share (a rank
+    policy of :mod:`broaden.lsb.strategy`: ``nearest`` = every seed's 1st neighbour, then every 2nd, …).
     """
 
     name: str
@@ -36,7 +36,7 @@ class GroupSpec:
     latent: str = "tuned"
     discrepancy: str | None = None
     denoise: bool = False
-    rank_by: str = "similarity"
+    rank_by: str = "nearest"
 
 
 BASE_ORDER = ("Random", "Stat-AL", "Stat-AL+LSB", "Stat-AL+LSB-LT", "HW", "QBC")

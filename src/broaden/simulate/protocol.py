@@ -27,7 +27,7 @@ from broaden.metrics import discrepancy as _discrepancy
 from broaden.metrics import evaluate
 from broaden.simulate.data import SimData
 from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
-from broaden.simulate.lsb_step import LSBOutcome, broaden_step
+from broaden.simulate.lsb_report import LSBReport
 from broaden.simulate.oracle import oracle_labels
 
 CONFIDENT = 0.7  # "confident error": wrong with max p above this (out of statistical AL's reach)
@@ -138,7 +138,8 @@ class Selection:
     score: np.ndarray
     rank: np.ndarray
     probs: np.ndarray
-    lsb: LSBOutcome | None = None
+    provenance: dict
+    lsb: LSBReport | None = None
 
 
 class RepeatRun:
@@ -184,41 +185,59 @@ class RepeatRun:
 
     # ------------------------------------------------------------------------------ selection
     def select(self, spec: GroupSpec, snap: Snapshot) -> Selection:
+        """The group's batch from ``broaden.select.select``: the same strategies, mix and LSB path users run."""
         from broaden.select import select
 
         B, seed = self.cfg.budget, self.model_seed(snap.round)
-        lsb_out = None
-        taken: list[pa.Table] = []
+        labeled, options = None, {}
         if spec.kind == "random":
-            taken.append(select(snap.pool_table(), "random", B, seed=seed))
+            pool, mix = snap.pool_table(), "random"
         elif spec.kind == "stat":
-            taken.append(select(snap.pool_table(), STAT_AL_MIX, B, seed=seed))
+            pool, mix = snap.pool_table(), STAT_AL_MIX
         elif spec.kind == "hw":
-            taken.append(select(snap.pool_table(), "hw", B, seed=seed))
+            pool, mix = snap.pool_table(), "hw"
         elif spec.kind == "qbc":
-            cols = [f"probs_m{i}" for i in range(self.cfg.qbc_members)]
+            pool, mix = snap.pool_table(committee=True), "qbc"
             # KL to consensus, not vote entropy: 3 hard votes give 3 score values and ties broken by id.
-            taken.append(select(snap.pool_table(committee=True), "qbc", B, seed=seed,
-                                committee_cols=cols, qbc_measure="kl"))
+            options = {"committee_cols": [f"probs_m{i}" for i in range(self.cfg.qbc_members)], "qbc_measure": "kl"}
         elif spec.kind == "lsb":
-            n_lsb = int(round(self.cfg.lsb_share * B))
-            lsb_out = broaden_step(spec, snap, self.cfg, self.kind, n_lsb, seed)
-            if len(lsb_out.picked):
-                taken.append(lsb_out.picked)
-            rest = B - len(lsb_out.picked)
-            if rest:
-                exclude = lsb_out.picked.column("id").to_numpy() if len(lsb_out.picked) else None
-                taken.append(select(snap.pool_table(), STAT_AL_MIX, rest, seed=seed, exclude=exclude))
+            pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
+            mix, options = self._lsb_mix(spec)
         else:  # pragma: no cover - GroupSpec kinds are fixed
             raise ValueError(spec.kind)
-        rows = np.concatenate([t.column("id").to_numpy() for t in taken]).astype(np.int64)
+        table, reports = select(pool, mix, B, seed=seed, labeled=labeled, return_details=True, **options)
+        rows = table.column("id").to_numpy().astype(np.int64)
+        strategy = np.asarray(table.column("strategy").to_pylist(), dtype=object)
+        prov = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * len(rows))
+                for c in ("seed_id", "similarity", "lookalike_score")}
+        lsb_report = None
+        if spec.kind == "lsb":
+            name = self.lsb_strategy(spec)
+            lsb_report = LSBReport.of(reports.get(name), threshold=options["lookalike_threshold"],
+                                      n_selected=int((strategy == name).sum()), picked=rows[strategy == name])
         pos = np.searchsorted(snap.pool, rows)  # the pool is sorted: row index -> position
-        return Selection(
-            rows=rows,
-            strategy=np.concatenate([np.asarray(t.column("strategy").to_pylist(), dtype=object) for t in taken]),
-            score=np.concatenate([t.column("score").to_numpy(zero_copy_only=False) for t in taken]).astype(float),
-            rank=np.concatenate([t.column("rank").to_numpy() for t in taken]).astype(np.int64),
-            probs=snap.pool_probs[pos], lsb=lsb_out)
+        return Selection(rows=rows, strategy=strategy,
+                         score=table.column("score").to_numpy(zero_copy_only=False).astype(float),
+                         rank=table.column("rank").to_numpy().astype(np.int64),
+                         probs=snap.pool_probs[pos], provenance=prov, lsb=lsb_report)
+
+    @staticmethod
+    def lsb_strategy(spec: GroupSpec) -> str:
+        return "lsb-lt" if spec.lookalike or spec.rank_by == "lookalike" else "lsb"
+
+    def _lsb_mix(self, spec: GroupSpec) -> tuple[dict, dict]:
+        """LSB's share first, then Stat-AL's three scores in equal parts of the rest, as one select() mix."""
+        cfg = self.cfg
+        share = cfg.lsb_share
+        stat = (1.0 - share) / 3
+        mix = {self.lsb_strategy(spec): share, "least_confident": stat, "margin": stat, "entropy": stat}
+        # τ2 = 0 fits and scores LT without filtering (a sigmoid is > 0): LT-ranked neighbours.
+        tau2 = cfg.lookalike_threshold if spec.lookalike else (0.0 if spec.rank_by == "lookalike" else None)
+        options = {"seeds": cfg.seeds, "seed_threshold": cfg.seed_threshold, "k": cfg.k,
+                   "lookalike_threshold": tau2, "index": cfg.index, "discrepancy": spec.discrepancy or self.kind,
+                   "denoise": spec.denoise, "rank_by": spec.rank_by, "save_index": False,
+                   "case_study": cfg.case_study_seeds, "show_progress": False}
+        return mix, options
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> tuple[dict, dict[str, list[pa.Table]]]:
@@ -264,8 +283,8 @@ class RepeatRun:
                                         "lookalike": None if sel.lsb is None else sel.lsb.summary}
                 frames["selections"].append(self._selection_frame(r, spec.name, sel))
                 if sel.lsb is not None:
-                    frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, self))
-                    frames["case_study"].append(sel.lsb.case_study_frame(r, spec.name, self))
+                    frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, data.ids))
+                    frames["case_study"].append(sel.lsb.case_study_frame(r, spec.name, data))
                 if r == cfg.rounds:
                     frames["test_predictions"].append(self._predictions(spec.name, test_rows, probs))
                 next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1)
@@ -286,9 +305,7 @@ class RepeatRun:
     def _selection_frame(self, round_: int, group: str, sel: Selection) -> pa.Table:
         from broaden.io import matrix_to_list_array
 
-        prov = sel.lsb.provenance(sel.rows) if sel.lsb is not None else {
-            "seed_id": [None] * len(sel.rows), "similarity": [None] * len(sel.rows),
-            "lookalike_score": [None] * len(sel.rows)}
+        prov = sel.provenance
         seed_ids = [None if s is None else self.data.ids[[s]].tolist()[0] for s in prov["seed_id"]]
         return pa.table({
             "round": pa.array(np.full(len(sel.rows), round_), pa.int64()),
