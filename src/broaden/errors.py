@@ -16,3 +16,7 @@ class DatasetError(BroadenError):
 
 class ConfigError(BroadenError, ValueError):
     """A configuration file or mapping has an unknown key or a bad value; the message names it."""
+
+
+class OutputError(BroadenError, OSError):
+    """An output path cannot be written (a folder, under a file, no permission); the message names it."""

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from broaden.errors import ScoredTableError
+from broaden.errors import OutputError, ScoredTableError
 
 PROB_SUM_TOLERANCE = 1e-3
 _UMASK = os.umask(0)
@@ -58,23 +58,57 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
 
 def read_schema(path: str | os.PathLike) -> pa.Schema:
     """Schema of the first file behind ``path`` (cheap: reads only the footer)."""
-    f = parquet_files(path)[0]
-    try:
-        return pq.read_schema(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
+    return open_parquet(parquet_files(path)[0]).schema_arrow
 
 
 def count_rows(path: str | os.PathLike) -> int:
     """Row count from the Parquet footers, without reading data."""
-    return sum(_open_parquet(f).metadata.num_rows for f in parquet_files(path))
+    return sum(open_parquet(f).metadata.num_rows for f in parquet_files(path))
 
 
-def _open_parquet(f: Path) -> pq.ParquetFile:
+# What pyarrow raises for a damaged file: bad footers, thrift headers, pages that fail to decompress or decode.
+READ_ERRORS = (pa.ArrowException, OSError)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pyarrow's span several), for the CLI's one-line errors."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def open_parquet(f: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(f)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ScoredTableError(f"{f}: not a readable Parquet file ({exc})") from exc
+    except READ_ERRORS as exc:
+        raise ScoredTableError(f"{f}: not a readable Parquet file ({one_line(exc)})") from exc
+
+
+def read_row_group(f: Path, group: int, columns: Sequence[str] | None = None) -> pa.Table:
+    """One row group of one file; a damaged page is a :class:`ScoredTableError` naming the file and group."""
+    pf = open_parquet(f)
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except READ_ERRORS as exc:
+        raise ScoredTableError(f"{f}: row group {group} is unreadable, the file is damaged "
+                               f"({one_line(exc)})") from exc
+
+
+def _file_batches(pf: pq.ParquetFile, f: Path, columns, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """``pf.iter_batches`` with damaged data (corrupt pages, bad compression) reported as a ScoredTableError.
+
+    Only the read is guarded: an exception raised by the consumer of a batch passes through unchanged.
+    """
+    it = pf.iter_batches(batch_size=batch_size, columns=columns)
+    row = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except READ_ERRORS as exc:
+            raise ScoredTableError(f"{f}: data after row {row} is unreadable, the file is damaged "
+                                   f"({one_line(exc)})") from exc
+        row += batch.num_rows
+        yield batch
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -95,6 +129,7 @@ class Validator:
     check_unique: bool = True
     _ids: list[np.ndarray] = field(default_factory=list, repr=False)
     _id_sources: list[tuple[str, int]] = field(default_factory=list, repr=False)
+    _types: dict[str, tuple[pa.DataType, str]] = field(default_factory=dict, repr=False)
 
     def __call__(self, batch: pa.RecordBatch | pa.Table, source: str, row_offset: int = 0):
         names = batch.schema.names
@@ -104,6 +139,7 @@ class Validator:
                 f"{source}: missing column(s) {', '.join(repr(m) for m in missing)}; "
                 f"found {', '.join(repr(n) for n in names)}"
             )
+        self._check_types(batch.schema, source)
         c = self.columns
         if c.probs in names:
             batch = self._check_probs(batch, source, row_offset)
@@ -111,15 +147,32 @@ class Validator:
             self._check_embedding(batch, source, row_offset)
         if c.label in names:
             self._check_labels(batch, source, row_offset)
-        if c.id in names and self.check_unique:
-            self._collect_ids(batch, source, row_offset)
+        if c.id in names:
+            self._check_ids(batch, source, row_offset)
         return batch
+
+    # -- one type per column across the files of a folder
+    def _check_types(self, schema: pa.Schema, source: str) -> None:
+        """Every file of a table must give a column one type (an all-null column fits any type): Arrow
+        cannot concatenate int64 ids with string or uint64 ones, and comparing them as keys would be wrong."""
+        for f in schema:
+            seen = self._types.get(f.name)
+            if seen is None or pa.types.is_null(seen[0]):
+                self._types[f.name] = (f.type, source)
+            elif f.type != seen[0] and not pa.types.is_null(f.type):
+                raise ScoredTableError(
+                    f"{source}: column {f.name!r} has type {f.type}, but {seen[0]} in {seen[1]}; "
+                    "every file of a table must use one type per column"
+                )
 
     # -- probabilities
     def _check_probs(self, batch, source, row_offset):
         col = self.columns.probs
         arr = _combine(batch.column(batch.schema.get_field_index(col)))
         width = self._list_width(arr, col, source, row_offset, self.num_classes, "class")
+        if width == 1:  # one class is no classifier: entropy, margins and discrepancy are all undefined
+            raise ScoredTableError(f"{source}: column {col!r}: probability vectors have 1 class; "
+                                   "a scored table needs at least 2")
         self.num_classes = width
         if len(arr) == 0:
             return batch
@@ -188,11 +241,12 @@ class Validator:
         if not (pa.types.is_integer(arr.type) or pa.types.is_null(arr.type)):
             if pa.types.is_floating(arr.type):
                 vals = arr.to_numpy(zero_copy_only=False)
-                frac = ~np.isnan(vals) & (vals != np.round(vals))
+                # NaN means unlabelled (pandas' nullable ints); inf equals its own rounding, so test finiteness.
+                frac = ~np.isnan(vals) & (~np.isfinite(vals) | (vals != np.round(vals)))
                 if frac.any():
                     bad = int(np.argmax(frac))
                     raise ScoredTableError(
-                        f"{source}: column {col!r} row {row_offset + bad}: label {vals[bad]!r} is not an integer"
+                        f"{source}: column {col!r} row {row_offset + bad}: label {float(vals[bad])!r} is not an integer"
                     )
             else:
                 raise ScoredTableError(f"{source}: column {col!r} must hold integers, found {arr.type}")
@@ -207,13 +261,24 @@ class Validator:
                 f"0..{self.num_classes - 1} (the probability vectors have {self.num_classes} classes)"
             )
 
-    def _collect_ids(self, batch, source, row_offset):
-        arr = _combine(batch.column(batch.schema.get_field_index(self.columns.id)))
+    def _check_ids(self, batch, source, row_offset):
+        col = self.columns.id
+        arr = _combine(batch.column(batch.schema.get_field_index(col)))
+        if not (pa.types.is_integer(arr.type) or pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
+                or (pa.types.is_null(arr.type) and len(arr) == 0)):
+            raise ScoredTableError(f"{source}: column {col!r} must hold integers or strings, found {arr.type}")
         if arr.null_count:
             bad = int(np.argmax(arr.is_null().to_numpy(zero_copy_only=False)))
-            raise ScoredTableError(f"{source}: column {self.columns.id!r} row {row_offset + bad}: id is null")
-        self._ids.append(id_keys(arr))
-        self._id_sources.append((source, row_offset))
+            raise ScoredTableError(f"{source}: column {col!r} row {row_offset + bad}: id is null")
+        if pa.types.is_uint64(arr.type) and len(arr):
+            big = pc.greater(arr, pa.scalar(np.iinfo(np.int64).max, pa.uint64())).to_numpy(zero_copy_only=False)
+            if big.any():  # id keys are int64; a larger uint64 would wrap onto a negative id
+                bad = int(np.argmax(big))
+                raise ScoredTableError(f"{source}: column {col!r} row {row_offset + bad}: id {arr[bad].as_py()} "
+                                       "is larger than 2^63-1 (store such ids as strings)")
+        if self.check_unique:
+            self._ids.append(id_keys(arr))
+            self._id_sources.append((source, row_offset))
 
     def finish(self) -> None:
         """Run the checks that need the whole table (duplicate ids)."""
@@ -331,7 +396,7 @@ def iter_batches(
     """
     cols = list(columns) if columns is not None else None
     for f in parquet_files(path):
-        pf = _open_parquet(f)
+        pf = open_parquet(f)
         if validator is not None:
             # Checked on the footer's schema, so a file without rows cannot slip past the column checks.
             empty = pa.RecordBatch.from_pylist([], schema=pf.schema_arrow)
@@ -345,7 +410,7 @@ def iter_batches(
                     f"found {', '.join(repr(n) for n in pf.schema_arrow.names)}"
                 )
         offset = 0
-        for batch in pf.iter_batches(batch_size=batch_size, columns=cols):
+        for batch in _file_batches(pf, f, cols, batch_size):
             if validator is not None:
                 batch = validator(batch, str(f), offset)
             offset += batch.num_rows
@@ -363,11 +428,13 @@ def read_table(
     """Read a whole scored table (one file or a directory of files) into memory, validated if asked."""
     batches = list(iter_batches(path, columns=columns, validator=validator))
     if not batches:
-        files = parquet_files(path)
-        schema = pq.read_schema(files[0])
+        schema = read_schema(path)
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in columns])
         return schema.empty_table()
+    if any(b.schema != batches[0].schema for b in batches[1:]):
+        # Files whose column is all null in one and typed in another (the validator allows only that).
+        return pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="default")
     return pa.Table.from_batches(batches)
 
 
@@ -385,16 +452,75 @@ def read_scored(
     )
 
 
+def num_classes(data: str | os.PathLike | pa.Table, columns: Columns = DEFAULT_COLUMNS) -> int | None:
+    """The class count C of a scored table, read from its first row (validated); None without probabilities."""
+    names = data.schema.names if isinstance(data, pa.Table) else read_schema(data).names
+    if columns.probs not in names:
+        return None
+    cols = [columns.probs]
+    if isinstance(data, pa.Table):
+        first, where = data.select(cols).slice(0, 1), "table"
+    else:
+        f = next((f for f in parquet_files(data) if count_rows(f)), None)
+        if f is None:
+            return None
+        first, where = next(iter_batches(f, columns=cols, batch_size=1)), str(f)
+    # logits=True: only the shape and finiteness are checked, so raw scores (--logits) are measured too.
+    v = Validator(columns=columns, require=("probs",), logits=True, check_unique=False)
+    v(first, where)
+    return v.num_classes
+
+
+def check_same_classes(labeled, pool, columns: Columns = DEFAULT_COLUMNS) -> None:
+    """The labelled table and the pool must be scored over the same classes (reads one row of each).
+
+    With C = 3 labels against C = 4 pool vectors, seeds, discrepancies and class quotas would silently mix
+    two different classifiers' class indices.
+    """
+    c_lab, c_pool = num_classes(labeled, columns), num_classes(pool, columns)
+    if c_lab is not None and c_pool is not None and c_lab != c_pool:
+        name = "pool table" if isinstance(pool, pa.Table) else str(pool)
+        lab = "the labelled table" + ("" if isinstance(labeled, pa.Table) else f" {labeled}")
+        raise ScoredTableError(
+            f"{name}: column {columns.probs!r} has {c_pool} classes, but {lab} has {c_lab}; both must be "
+            "scored by the same classifier"
+        )
+
+
 # ----------------------------------------------------------------------------------------- writing
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse an output path that cannot become a file, before any work is done; creates nothing.
+
+    A command checks its outputs first so that a bad ``--out`` (a folder, a path under a file, a folder
+    without write permission) fails at once with a :class:`OutputError`, not after the work, and leaves
+    nothing half-written (an index saved, a first output written before the second fails).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{p}: the {what} path is a folder; give a file name, e.g. {p / 'out.parquet'}")
+    parent = p.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{p}: cannot write the {what}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise OutputError(f"{p}: cannot write the {what}: permission denied")
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    A crash or exception leaves the previous file untouched and removes the temporary one.
+    A crash or exception leaves the previous file untouched and removes the temporary one. A path that
+    cannot be written (a folder, under a file, no permission) is an :class:`OutputError`.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise OutputError(f"{final}: cannot write it ({exc.strerror or one_line(exc)})") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; results should get the usual permissions
@@ -402,7 +528,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
+        try:
+            os.replace(tmp_path, final)
+        except OSError as exc:  # e.g. ``final`` is a folder
+            raise OutputError(f"{final}: cannot write it ({exc.strerror or one_line(exc)})") from exc
         _fsync_dir(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

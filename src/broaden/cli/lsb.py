@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from broaden.io import write_table, write_text
+    from broaden.io import check_writable, write_table, write_text
     from broaden.lsb import lsb
     from broaden.metrics import to_jsonable
 
@@ -79,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
 
         raise BroadenError("--lookalike-out saves the fitted Lookalike model, but none is fitted without "
                            "--lookalike-threshold T2 (or loaded with --lookalike-model)")
+    case_study_out = args.case_study_out or str(Path(args.out).with_suffix(".case_study.jsonl"))
+    # Every output is checked before the work (and the saved index) so that a bad path writes nothing.
+    for flag, path in (("--out", args.out), ("--seeds-out", args.seeds_out),
+                       ("--lookalike-out", args.lookalike_out),
+                       ("--case-study-out", case_study_out if args.case_study else None)):
+        if path:
+            check_writable(path, f"{flag} file")
     with engine_from_args(args) as engine:
         result = lsb(
             args.labeled, args.pool, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
@@ -98,9 +105,8 @@ def run(args: argparse.Namespace) -> int:
         result.lookalike.save(args.lookalike_out)
         summary["lookalike_out"] = args.lookalike_out
     if args.case_study:
-        path = args.case_study_out or str(Path(args.out).with_suffix(".case_study.jsonl"))
-        write_text("".join(json.dumps(to_jsonable(s)) + "\n" for s in result.case_study), path)
-        summary["case_study_out"] = path
+        write_text("".join(json.dumps(to_jsonable(s)) + "\n" for s in result.case_study), case_study_out)
+        summary["case_study_out"] = case_study_out
     if args.json:
         print(json.dumps(to_jsonable(summary), indent=2))
         return 0

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from broaden.io import parquet_files
+from broaden.io import count_rows, parquet_files
 
 TABLE_SLICE_ROWS = 262_144
 
@@ -55,11 +54,11 @@ def pool_units(pool: str | os.PathLike | pa.Table) -> list[Unit]:
     root = Path(pool)
     files = parquet_files(root)
     if not root.is_dir():
-        return [Unit(root, 0, pq.ParquetFile(root).metadata.num_rows)]
+        return [Unit(root, 0, count_rows(root))]
     groups: dict[Path, int] = {}
     for f in files:  # files of one top-level entry are contiguous in parquet_files' order
         top = root / f.relative_to(root).parts[0]
-        groups[top] = groups.get(top, 0) + pq.ParquetFile(f).metadata.num_rows
+        groups[top] = groups.get(top, 0) + count_rows(f)
     units, offset = [], 0
     for path, rows in groups.items():
         units.append(Unit(path, offset, rows))

@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from broaden.engines import engine_scope
 from broaden.errors import ScoredTableError
-from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, list_matrix
-from broaden.lsb.lookalike import LookalikeModel
+from broaden.io import DEFAULT_COLUMNS, Columns, check_same_classes, id_keys, list_matrix
+from broaden.lsb.lookalike import LookalikeError, LookalikeModel
 from broaden.lsb.seeds import load_labeled, seeds_table, select_seeds
 from broaden.lsb.source import KNNError, PoolSource, faiss_metric, prepare
 from broaden.select.pool import IdSet, fetch_rows, read_ids
@@ -98,6 +98,9 @@ def lsb(
     if k < 1:
         raise KNNError(f"k (neighbours per seed) must be >= 1, got {k}")
     faiss_metric(metric)  # a bad metric fails before the labelled set is read and the LT model fitted
+    if lookalike_threshold is not None and not 0 <= lookalike_threshold <= 1:  # NaN fails too
+        raise LookalikeError(f"lookalike_threshold (τ2, --lookalike-threshold) is a probability and must be "
+                             f"within 0 … 1, got {lookalike_threshold}")
     cols = replace(columns, embedding=embedding_col) if embedding_col else columns
     view = load_labeled(labeled, kind=discrepancy, columns=cols, require_embedding=True, logits=logits)
     seed_rows = select_seeds(view, threshold=seed_threshold, max_seeds=seeds, per_class_cap=per_class_cap,
@@ -110,6 +113,10 @@ def lsb(
             f"embedding dimension mismatch in column {cols.embedding!r}: the labelled table has "
             f"{labeled_emb.shape[1]} values per row, the pool ({source.name}) has {source.dim}"
         )
+    check_same_classes(labeled, source.data, cols)
+    # No seed has more neighbours than the pool has rows; an unbounded k would size each seed's result heap
+    # (a k=10^8 request asked for 141 GiB).
+    k = min(k, source.num_rows)
     queries = labeled_emb[seed_rows]
     excl = exclusion_set(view.keys, exclude, cols.id)
 

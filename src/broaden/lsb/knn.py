@@ -253,6 +253,7 @@ class KNNIndex:
         queries = np.asarray(queries)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise KNNError(f"queries have shape {queries.shape}; the pool's embeddings have dimension {self.dim}")
+        k = min(int(k), self.source.num_rows)  # never size result heaps beyond the pool (memory)
         q = prepare(queries, self.metric)
         excl = exclude if isinstance(exclude, IdSet) or exclude is None else IdSet(np.asarray(exclude))
         t0 = time.perf_counter()
@@ -336,6 +337,7 @@ def build_index(
     if not 0 < target_recall <= 1:
         raise KNNError(f"target recall must be in (0, 1], got {target_recall}")
     n, dim = source.num_rows, source.dim
+    k = min(k, n)  # calibration's exact top-k heaps are sized by k; no query has more than n neighbours
     if queries is not None and np.asarray(queries).shape[1] != dim:
         raise ScoredTableError(
             f"embedding dimension mismatch: the queries have {np.asarray(queries).shape[1]} values per "

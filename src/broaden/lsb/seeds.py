@@ -75,7 +75,7 @@ def select_seeds(view: LabeledView, *, threshold: float, max_seeds: int | None,
                  per_class_cap: int | None = None, denoise: bool = False) -> np.ndarray:
     """Row indices of the seeds in ``view``, best (largest d, then smallest id) first."""
     if not 0 <= threshold < 1:
-        raise SeedError(f"seed threshold τ1 must be in [0, 1), got {threshold}")
+        raise SeedError(f"seed_threshold (τ1, --seed-threshold) must be in [0, 1), got {threshold}")
     for name, cap in (("max seeds", max_seeds), ("per-class cap", per_class_cap)):
         if cap is not None and cap < 0:
             raise SeedError(f"{name} must be >= 0, got {cap}")

@@ -15,10 +15,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from broaden.errors import BroadenError, ScoredTableError
-from broaden.io import Columns, Validator, count_rows, iter_batches, list_matrix, parquet_files, read_schema
+from broaden.io import (
+    Columns, Validator, count_rows, iter_batches, list_matrix, open_parquet, parquet_files, read_row_group,
+    read_schema,
+)
 
 BATCH_SIZE = 65_536
 METRICS = ("cosine", "l2")
@@ -81,19 +83,20 @@ class PoolSource:
 
     @property
     def dim(self) -> int:
-        """Embedding dimension, from the first row."""
+        """Embedding dimension, from the first row (validated: the index is sized by it before any scan)."""
         self._require()
+        cols = [self.columns.embedding]
         if self.is_table:
-            first = self.data.column(self.columns.embedding).slice(0, 1)
+            first, where = self.data.select(cols).slice(0, 1), self.name
         else:
             nonempty = next((f for f in parquet_files(self.data) if count_rows(f)), None)
             if nonempty is None:
                 raise ScoredTableError(f"{self.name}: the pool is empty")
-            pf = pq.ParquetFile(nonempty)
-            first = next(pf.iter_batches(batch_size=1, columns=[self.columns.embedding])).column(0)
-        if len(first) == 0:
+            first, where = next(iter_batches(nonempty, columns=cols, batch_size=1)), str(nonempty)
+        if first.num_rows == 0:
             raise ScoredTableError(f"{self.name}: the pool is empty")
-        return list_matrix(first).shape[1]
+        first = Validator(columns=self.columns, require=("embedding",), check_unique=False)(first, where)
+        return list_matrix(first.column(0)).shape[1]
 
     def blocks(self, *, batch_size: int = BATCH_SIZE, validate: bool = True
                ) -> Iterator[tuple[int, pa.Array, np.ndarray]]:
@@ -131,15 +134,15 @@ class PoolSource:
             return list_matrix(self.data.column(self.columns.embedding).take(pa.array(rows)))
         # Row groups chosen at random until they hold 2n rows, then rows within them: uniform enough for
         # k-means training without a full pass over a pool larger than memory.
-        groups = [(f, g, pq.ParquetFile(f).metadata.row_group(g).num_rows)
-                  for f in parquet_files(self.data) for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
+        meta = {f: open_parquet(f).metadata for f in parquet_files(self.data)}
+        groups = [(f, g, m.row_group(g).num_rows) for f, m in meta.items() for g in range(m.num_row_groups)]
         order = rng.permutation(len(groups))
         parts, have = [], 0
         for i in order:
             f, g, rows = groups[i]
             if not rows:
                 continue
-            col = pq.ParquetFile(f).read_row_group(g, columns=[self.columns.embedding]).column(0)
+            col = read_row_group(f, g, [self.columns.embedding]).column(0)
             parts.append(list_matrix(col))
             have += rows
             if have >= 2 * n:
@@ -156,6 +159,6 @@ class PoolSource:
         for f in parquet_files(self.data):
             st = f.stat()
             rel = f.resolve().relative_to(root).as_posix() if root.is_dir() else f.name
-            files.append([rel, st.st_size, st.st_mtime_ns, pq.ParquetFile(f).metadata.num_rows])
+            files.append([rel, st.st_size, st.st_mtime_ns, count_rows(f)])
         return {"pool": str(root), "files": files, "id_col": self.columns.id,
                 "embedding_col": self.columns.embedding}

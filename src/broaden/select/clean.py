@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from broaden.errors import BroadenError
-from broaden.io import DEFAULT_COLUMNS, Columns, labels_array, list_matrix, read_scored, write_table
+from broaden.io import (
+    DEFAULT_COLUMNS, Columns, check_writable, labels_array, list_matrix, read_scored, write_table,
+)
 
 METHODS = (
     "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
@@ -57,7 +59,17 @@ def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
     if not np.isfinite(probs).all():
         i = int(np.argwhere(~np.isfinite(probs))[0, 0])
         raise CleaningError(f"row {i}: probabilities are not finite")
-    return labels, probs
+    # The table validator accepts sums within 1e-3, so a value such as -0.0009 can reach here; cleanlab
+    # rejects anything outside [0, 1]. Clipping changes nothing on valid input (results equal cleanlab's).
+    return labels, np.clip(probs, 0.0, 1.0)
+
+
+def _require_two_classes(labels: np.ndarray, where: str = "") -> None:
+    """Confident learning compares classes; cleanlab fails (or guesses) on labels of a single class."""
+    classes = np.unique(labels[labels >= 0])
+    if classes.size == 1:
+        raise CleaningError(f"{where}every labelled row has class {int(classes[0])}; confident learning "
+                            "needs labels of at least 2 classes")
 
 
 def label_quality(labels: np.ndarray, probs: np.ndarray, *, score: str = "self_confidence") -> np.ndarray:
@@ -114,6 +126,7 @@ def label_issue_mask(
     known = np.flatnonzero(labels >= 0)
     if known.size < 2:
         return mask
+    _require_two_classes(labels)
     with warnings.catch_warnings():
         # cleanlab warns about classes with very few examples; small seed sets routinely have them.
         warnings.simplefilter("ignore", UserWarning)
@@ -189,6 +202,8 @@ def clean(
     ``label_quality``, ``predicted_label`` and every column of the input.
     """
     source = None if isinstance(labeled, pa.Table) else labeled
+    if out is not None:
+        check_writable(out)  # before reading: a bad --out fails at once
     table = labeled if isinstance(labeled, pa.Table) else read_scored(
         labeled, columns=columns, require=("id", "label", "probs"), logits=logits
     )
@@ -200,6 +215,7 @@ def clean(
     probs = list_matrix(table.column(columns.probs), dtype=np.float64)
     if not (labels >= 0).any():
         raise CleaningError(f"{source or 'table'}: column {columns.label!r} has no labels (all null)")
+    _require_two_classes(labels, f"{source or 'table'}: column {columns.label!r}: ")
     idx, quality = rank_label_issues(labels, probs, max_share=max_share, method=method, score=score)
     result = table.take(pa.array(idx, type=pa.int64()))
     extra = {

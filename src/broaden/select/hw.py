@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from broaden.io import id_keys, labels_array, list_matrix, read_scored
+from broaden.io import check_same_classes, id_keys, labels_array, list_matrix, read_scored
 from broaden.select import scores as S
 from broaden.select.clean import rank_label_issues
 from broaden.select.mix import largest_remainder
@@ -172,6 +172,7 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
     exclude = ctx.exclude
     relabel = (np.empty(0, np.int64), np.empty(0))
     if ctx.labeled is not None:
+        check_same_classes(ctx.labeled, pool, c)
         labelled, relabel = _labelled_part(pool, n, ctx, o)
         exclude = exclude.union(labelled)
     elif o.dirty_bound is not None:

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from broaden.io import DEFAULT_COLUMNS, Columns, write_table
+from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, write_table
 from broaden.select.pool import (
     BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, pool_rows, read_ids,
 )
@@ -130,6 +130,8 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         raise SelectionError(f"budget must be a positive integer, got {budget!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SelectionError(f"batch size must be a positive integer, got {batch_size!r}")
+    if out is not None:
+        check_writable(out)  # a bad --out fails now, not after the pool scans
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = _as_idset(exclude, columns)
