@@ -222,3 +222,77 @@ def test_unknown_index_kind(pool_data):
     with pytest.raises(ValueError, match="unknown index 'annoy'"):
         build_index(pa.table({"id": ids[:10]}).append_column(
             "embedding", make_scored_table(ids[:10], embedding=x[:10]).column("embedding")), index="annoy")
+
+
+def _entry(index) -> "os.PathLike":
+    from pathlib import Path
+
+    return Path(index.info["index_path"])
+
+
+@pytest.mark.parametrize("target", ["index.faiss", "ids.arrow"])
+def test_same_size_tampered_index_is_detected_and_rebuilt(tmp_path, pool_data, target):
+    """Issue 13: the saved index is checked by content (SHA-256 recorded at save time), not by size."""
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    cache = tmp_path / "cache"
+    first = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache)
+    expected = first.search(q, 5).positions
+    path = _entry(first) / target
+    data = bytearray(path.read_bytes())
+    if target == "ids.arrow":  # swap two ids: same size, wrong ids for two positions
+        a, b = data.find(b"item-00001"), data.find(b"item-00002")
+        data[a:a + 10], data[b:b + 10] = data[b:b + 10], data[a:a + 10]
+    else:  # scramble the stored vectors' bytes in the middle of the file
+        mid = len(data) // 2
+        data[mid:mid + 4096] = bytes(reversed(data[mid:mid + 4096]))
+    assert len(data) == path.stat().st_size
+    path.write_bytes(bytes(data))
+
+    again = build_index(pool, index="ivf", queries=q, k=5, index_dir=cache)
+    assert again.info["reused"] is False
+    assert target in again.info["index_warning"] and "checksum" in again.info["index_warning"]
+    np.testing.assert_array_equal(again.search(q, 5).positions, expected)
+    assert build_index(pool, index="ivf", queries=q, k=5, index_dir=cache).info["reused"] is True  # healed
+
+
+def test_unreadable_saved_index_is_rebuilt_not_a_traceback(tmp_path, pool_data):
+    """A damaged index file whose digest still matches (e.g. written damaged) is rebuilt with a warning."""
+    import json
+
+    from broaden.lsb.store import file_digest
+
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    cache = tmp_path / "cache"
+    first = build_index(pool, index="hnsw", queries=q[:50], k=5, index_dir=cache)
+    folder = _entry(first)
+    size = (folder / "index.faiss").stat().st_size
+    (folder / "index.faiss").write_bytes(b"\0" * size)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["digests"]["index.faiss"] = file_digest(folder / "index.faiss")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    again = build_index(pool, index="hnsw", queries=q[:50], k=5, index_dir=cache)
+    assert again.info["reused"] is False and "unreadable" in again.info["index_warning"]
+    np.testing.assert_array_equal(again.search(q[:50], 5).positions, first.search(q[:50], 5).positions)
+
+
+def test_lsb_cli_reports_a_rebuilt_tampered_index(tmp_path, pool_data, capsys):
+    from broaden.cli import main
+
+    ids, x, q = pool_data
+    pool = write_pool(tmp_path / "pool", ids, x)
+    rng = np.random.default_rng(1)
+    lab = write_table(make_scored_table([f"lab-{i}" for i in range(50)], rng.dirichlet(np.ones(3), 50), q[:50],
+                                        rng.integers(0, 3, 50)), tmp_path / "lab.parquet")
+    argv = ["lsb", "--labeled", str(lab), "--pool", str(pool), "--out", str(tmp_path / "o.parquet"), "--index",
+            "ivf", "--seed-threshold", "0.1", "--index-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    entry = next((tmp_path / "cache").iterdir())
+    data = bytearray((entry / "index.faiss").read_bytes())
+    data[-200:-100] = bytes(100)
+    (entry / "index.faiss").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "warning: saved ivf index" in out and "checksum mismatch" in out and "reused" not in out

@@ -117,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"index: {info['index']} ({info['reason']})" + (f", {info['calibration']['parameter']}="
           f"{info['breadth']} recall@{args.k}≈{recall}" if recall is not None else "")
           + (", reused from disk" if info.get("reused") else ""))
-    if info.get("warning"):
-        print(f"warning: {info['warning']}")
+    for key in ("index_warning", "warning"):
+        if info.get(key):
+            print(f"warning: {info[key]}")
     if result.lookalike is not None:
         print(f"lookalike threshold: held-out AUC {result.stats['lookalike_auc']}")
     print(f"wrote {result.candidates.num_rows} candidates ({result.stats['unique_neighbors']} unique "

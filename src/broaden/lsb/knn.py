@@ -386,6 +386,8 @@ def build_index(
                            calibration_size, batch_size)
             return KNNIndex(backend, source, metric, dim, params, idx, ids, info["breadth"], info)
         info["stale_removed"] = cache.stale_removed
+        if cache.warnings:
+            info["index_warning"] = "; ".join(cache.warnings)
 
     built, ids, truth, timings = _build(source, backend, params, metric, dim, rng, cal, k, batch_size,
                                         show_progress)
