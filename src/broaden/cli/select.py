@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select", help="choose the next items to label from a scored pool",
         description="Choose BUDGET pool items with one strategy or a mix such as "
         "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, hw, "
-        "lsb, lsb-lt (the last two need --labeled).",
+        "lsb, lsb-lt (the last two need --labeled). Pool rows that already carry a label (non-null, "
+        "non-negative label column) are skipped, like --exclude ids.",
     )
     p.add_argument("pool", help="scored pool: a Parquet file or a directory of Parquet files")
     p.add_argument("--strategy", required=True, help="strategy name or mix 'name:share,...' (shares sum to 1)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from broaden import io
+from broaden.errors import BroadenError, ConfigError
 from broaden.rounds.annotate import ImportReport
 from broaden.rounds.annotate import round_import as _round_import
 from broaden.rounds.config import WorkspaceConfig, load_config
@@ -23,7 +25,7 @@ from broaden.rounds.finish import round_finish as _round_finish
 from broaden.rounds.start import RoundStart
 from broaden.rounds.start import round_start as _round_start
 from broaden.rounds.status import status as _status
-from broaden.rounds.workspace import Workspace
+from broaden.rounds.workspace import Workspace, refuse_eval_ids, table_keys
 
 PATH_SETTINGS = ("pool", "labeled", "eval", "model")
 
@@ -49,7 +51,36 @@ def init(workspace: str | os.PathLike, config: str | os.PathLike | dict | Worksp
         data = dict(config or {})
     given = {k: v for k, v in settings.items() if v is not None}
     data = _absolute(data, base) | _absolute(given, Path.cwd())
-    return Workspace.create(workspace, WorkspaceConfig.from_dict(data, "config"))
+    cfg = WorkspaceConfig.from_dict(data, "config")
+    check_config(cfg)
+    return Workspace.create(workspace, cfg)
+
+
+def check_config(cfg: WorkspaceConfig) -> None:
+    """What ``init`` can check before any round is sent (not at ``finish``, after the labelling work):
+    the strategy mix, and that the labelled and evaluation tables are readable, valid for the class names
+    and share no id."""
+    from broaden.select import parse_spec
+    from broaden.select.registry import get_strategy
+
+    try:
+        for name, _ in parse_spec(cfg.strategy):
+            get_strategy(name)
+    except BroadenError as exc:
+        raise ConfigError(f"strategy {cfg.strategy!r}: {exc}") from exc
+    keys = {}
+    for setting in ("labeled", "eval"):
+        path = getattr(cfg, setting)
+        if path:
+            validator = io.Validator(columns=cfg.cols, require=("id", "label", "embedding"),
+                                     num_classes=cfg.num_classes)
+            try:
+                for _ in io.iter_batches(path, validator=validator):
+                    pass
+            except BroadenError as exc:
+                raise ConfigError(f"{setting}: {exc}") from exc
+            keys[setting] = table_keys(path, cfg.cols.id, setting)
+    refuse_eval_ids(cfg, keys.get("labeled", ()), f"labeled table {cfg.labeled} holds")
 
 
 def _absolute(settings: dict, base: Path) -> dict:

@@ -52,6 +52,17 @@ class WorkspaceConfig:
         self.class_names = [str(n) for n in names]
         if not isinstance(self.budget, int) or self.budget < 1:
             raise ConfigError(f"budget must be a positive integer, got {self.budget!r}")
+        for name, low, high in (("seed_threshold", 0.0, 1.0), ("lookalike_threshold", 0.0, 1.0)):
+            value = getattr(self, name)
+            if value is None and name == "lookalike_threshold":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in {low:g}..{high:g} (discrepancies and lookalike "
+                                  f"scores are probabilities), got {value!r}")
+        for name in ("k", "max_seeds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
         if self.discrepancy not in ("ordinal", "nominal"):
             raise ConfigError(f"discrepancy must be 'ordinal' or 'nominal', got {self.discrepancy!r}")
         unknown = set(self.columns) - {f.name for f in dataclasses.fields(Columns)}

@@ -15,7 +15,9 @@ from broaden import io
 from broaden.metrics import evaluate, to_jsonable
 from broaden.rounds.ledger import fault_point
 from broaden.rounds.resolve import resolve_votes
-from broaden.rounds.workspace import Workspace, WorkspaceError, embedding_version, matrix, model_id
+from broaden.rounds.workspace import (
+    Workspace, WorkspaceError, embedding_version, matrix, model_id, refuse_eval_ids,
+)
 
 
 @dataclass
@@ -49,6 +51,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
         labeled = ws.labeled_table(ledger)
         if labeled.num_rows == 0:
             raise WorkspaceError(f"round {number}: nothing is labelled yet, so there is nothing to train on")
+        refuse_eval_ids(cfg, labeled.column(cols.id).to_pylist(), f"round {number}: refusing to train on")
         versions = sorted(set(labeled.column("embedding_version").to_pylist()))
         if len(versions) > 1:
             raise WorkspaceError(f"labelled items mix embedding versions {', '.join(versions)}; "

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from broaden import io
+from broaden.errors import ScoredTableError
 from broaden.rounds.ledger import ItemRecord, Ledger, fault_point
 from broaden.rounds.workspace import (
     MODEL_ID_KEY, Workspace, WorkspaceError, embedding_version, key_strings, matrix, require_config,
@@ -59,14 +60,15 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
             scored_pool = pool
         else:
             model = (schema.metadata or {}).get(MODEL_ID_KEY, b"").decode() or cfg.model_id or "external"
+            _check_class_count(pool, cols, cfg.class_names)
         labeled = _labeled_for(ws, ledger, strategy, version, pool)
         run_seed = (cfg.seed if seed is None else seed) + number
-        blocked = ledger.blocked_keys()
+        excluded = ws.excluded_keys(ledger)
         options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
                    "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
-        batch = ws.select(pool, strategy, budget, exclude=sorted(blocked), seed=run_seed, labeled=labeled,
+        batch = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed, labeled=labeled,
                           columns=cols, engine=engine, **options)
-        items = _item_records(batch, ledger, cols, pool)
+        items = _item_records(batch, excluded, cols, pool)
         batch = batch.append_column("round", pa.array([number] * batch.num_rows, pa.int64()))
         io.write_table(batch, ws.batch_path(number))
         fault_point("round-start:batch-written")
@@ -103,6 +105,9 @@ def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: 
         for b in io.iter_batches(pool, validator=validator):
             t = pa.Table.from_batches([b])
             probs = np.asarray(clf.predict_proba(matrix(t, cols.embedding)), np.float32)
+            if probs.shape[1] != ws.config.num_classes:
+                raise WorkspaceError(f"classifier {model['id']} predicts {probs.shape[1]} classes, the workspace "
+                                     f"has {ws.config.num_classes} class names; use a classifier trained on them")
             writer.write(t.append_column(out_schema.field(cols.probs), io.matrix_to_list_array(probs)))
             advance(b.num_rows)
     return str(out), model["id"]
@@ -129,14 +134,25 @@ def _labeled_for(ws: Workspace, ledger: Ledger, strategy: str, version: str, poo
     return labeled.select([cols.id, cols.label, cols.probs, cols.embedding])
 
 
-def _item_records(batch: pa.Table, ledger: Ledger, cols: io.Columns, pool: str) -> list[ItemRecord]:
+def _check_class_count(pool: str, cols: io.Columns, class_names: list[str]) -> None:
+    """Probabilities over another number of classes than the config names would label items wrongly.
+    The first batch is enough: selection's own scan refuses a width that changes later in the pool."""
+    validator = io.Validator(columns=cols, require=("probs",), num_classes=len(class_names), check_unique=False)
+    try:
+        next(io.iter_batches(pool, columns=[cols.probs], batch_size=1024, validator=validator), None)
+    except ScoredTableError as exc:
+        raise WorkspaceError(f"{exc}; the workspace has {len(class_names)} class names "
+                             f"({', '.join(class_names)})") from exc
+
+
+def _item_records(batch: pa.Table, excluded: set[str], cols: io.Columns, pool: str) -> list[ItemRecord]:
     keys = key_strings(batch.column(cols.id))
     if len(set(keys)) != len(keys):
         raise WorkspaceError(f"{pool}: the selection holds an id twice; pool ids must be unique")
-    blocked = ledger.blocked_keys().intersection(keys)
-    if blocked:  # the selector must honour exclude; never send an item twice even if it does not
-        raise WorkspaceError(f"selection returned {len(blocked)} item(s) already labelled or in an open round, "
-                             f"e.g. {sorted(blocked)[0]!r}")
+    blocked = excluded.intersection(keys)
+    if blocked:  # the selector must honour exclude; never send an item twice (or an eval item) even if it does not
+        raise WorkspaceError(f"selection returned {len(blocked)} excluded item(s) (already labelled, in an open "
+                             f"round, or in the labelled or evaluation table), e.g. {sorted(blocked)[0]!r}")
     probs = matrix(batch, cols.probs) if cols.probs in batch.column_names else None
     pred = probs.argmax(axis=1).tolist() if probs is not None else [None] * len(keys)
 

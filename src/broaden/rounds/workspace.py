@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from broaden import io
-from broaden.errors import BroadenError
+from broaden.errors import BroadenError, ScoredTableError
 from broaden.rounds.config import ConfigError, WorkspaceConfig, dump_config, load_config
 from broaden.rounds.formats import data_fields, write_batch_exports
 from broaden.rounds.ledger import Ledger, now
@@ -46,6 +46,10 @@ EXPORT_FILES = ("batch.csv", "batch.jsonl", "tasks.json", "labeling_config.xml")
 
 class WorkspaceError(BroadenError):
     """The workspace is missing, already exists, or a request does not fit its state."""
+
+
+class EvaluationLeakError(WorkspaceError):
+    """Items of the evaluation table would be selected for labelling or trained on."""
 
 
 Selector = Callable[..., pa.Table]
@@ -127,7 +131,11 @@ class Workspace:
         path = self.batch_path(number)
         if not path.exists():
             raise LedgerError(f"{path}: batch file of round {number} is missing; the ledger records it")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise LedgerError(f"{path}: batch file of round {number} is unreadable ({io.one_line(exc)}); the "
+                              "ledger records the round, so restore the file from a backup") from exc
         if ledger is not None:
             want = sorted(r["item_key"] for r in ledger.items(number))
             have = sorted(key_strings(table.column(self.config.cols.id)))
@@ -179,6 +187,16 @@ class Workspace:
         return None
 
     # --------------------------------------------------------------------------------- labelled
+    def table_keys(self, setting: str) -> set[str]:
+        """The ledger keys of the ids in the config's ``labeled`` or ``eval`` table (empty when unset)."""
+        path = getattr(self.config, setting)
+        return table_keys(path, self.config.cols.id, setting) if path else set()
+
+    def excluded_keys(self, ledger: Ledger) -> set[str]:
+        """Keys ``round start`` never selects: open-round or ever-labelled items (the ledger), the initial
+        labelled table and the evaluation table (selecting those would leak them into training)."""
+        return ledger.blocked_keys() | self.table_keys("labeled") | self.table_keys("eval")
+
     def labeled_table(self, ledger: Ledger, *, include_initial: bool = True) -> pa.Table:
         """Everything labelled so far: the config's initial labelled table plus every workspace item whose
         votes resolve to a label (majority; ties left out). Columns: id (as text), label, probs (as
@@ -191,7 +209,7 @@ class Workspace:
             if res.label is not None:
                 by_round.setdefault(rnd, {})[key] = res.label
         for rnd in sorted(by_round):
-            batch = pq.read_table(self.batch_path(rnd))
+            batch = self.read_batch(rnd)
             keys = key_strings(batch.column(cols.id))
             labels = by_round[rnd]
             take = [i for i, k in enumerate(keys) if k in labels]
@@ -224,6 +242,25 @@ def _locked(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def refuse_eval_ids(cfg: WorkspaceConfig, keys, what: str) -> None:
+    """Refuse ``keys`` that are ids of the evaluation table: metrics on trained-on items are worthless."""
+    leaked = sorted(table_keys(cfg.eval, cfg.cols.id, "eval").intersection(keys)) if cfg.eval else []
+    if leaked:
+        shown = ", ".join(map(repr, leaked[:5])) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
+        raise EvaluationLeakError(
+            f"{what} {len(leaked)} id(s) of the evaluation table {cfg.eval}: {shown}; evaluation items must "
+            "never be labelled for training: remove them from the labelled data (or from the evaluation table)"
+        )
+
+
+def table_keys(path, id_col: str, what: str) -> set[str]:
+    """Ledger keys of the ids in a Parquet table (reads only the id column)."""
+    try:
+        return set(key_strings(io.read_table(path, columns=[id_col]).column(id_col)))
+    except (ScoredTableError, pa.ArrowException, OSError) as exc:
+        raise ConfigError(f"{what} table {path}: not readable ({exc})") from exc
 
 
 def key_strings(arr: pa.Array | pa.ChunkedArray) -> list[str]:

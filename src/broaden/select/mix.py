@@ -12,6 +12,8 @@ Mix semantics (``"entropy:0.6,margin:0.2,random:0.2"`` or ``{"entropy": 0.6, ...
   passes its shortfall to the strategies after it, in order; what is still missing after the last one
   goes back to the earlier strategies that did not run out, in spec order. If every strategy runs out
   before the budget is filled, that is an error naming the shortfall.
+* Pool rows that already carry a label (a non-null, non-negative value in the label column) are
+  excluded like ``exclude``: their label is known, so selecting them would waste budget.
 * A budget larger than the eligible pool (rows minus excluded ids) is an error that says so.
 
 The output has ``id``, ``strategy``, ``score``, ``rank`` (1 = the strategy's best pick), the provenance
@@ -30,7 +32,7 @@ import pyarrow as pa
 
 from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, write_table
 from broaden.select.pool import (
-    BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, pool_rows, read_ids,
+    BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, labelled_ids, pool_rows, read_ids,
 )
 from broaden.select.registry import SelectContext, check_labeled, get_strategy
 
@@ -135,6 +137,9 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = _as_idset(exclude, columns)
+    known = labelled_ids(pool, columns, batch_size)
+    if len(known):
+        user_exclude = user_exclude.union(known)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
                         options=dict(options), batch_size=batch_size, engine=engine)
     for s in strategies:

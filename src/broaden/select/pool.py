@@ -193,13 +193,32 @@ def _path_batches(path, read_cols, batch_size):
             offset += batch.num_rows
 
 
+def _column_batches(pool, names: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The pool's ``names`` columns, one record batch at a time."""
+    if isinstance(pool, pa.Table):
+        return (b for b, _ in _table_batches(pool.select(list(names)), batch_size))
+    return (b for b, _, _ in _path_batches(pool, list(names), batch_size))
+
+
 def _id_batches(pool, columns: Columns, batch_size: int) -> Iterator[np.ndarray]:
     """The pool's id keys, one record batch at a time (reads only the id column)."""
-    if isinstance(pool, pa.Table):
-        batches = (b for b, _ in _table_batches(pool.select([columns.id]), batch_size))
-    else:
-        batches = (b for b, _, _ in _path_batches(pool, [columns.id], batch_size))
-    return (id_keys(b.column(0)) for b in batches)
+    return (id_keys(b.column(0)) for b in _column_batches(pool, [columns.id], batch_size))
+
+
+def labelled_ids(pool, columns: Columns, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Ids of pool rows that already carry a label (reads only id and label; null, NaN and negative
+    labels mean unlabelled): selection skips them, since asking for a known label wastes budget."""
+    if columns.label not in pool_names(pool):
+        return np.empty(0, dtype=np.int64)
+    parts = []
+    for batch in _column_batches(pool, [columns.id, columns.label], batch_size):
+        label = batch.column(1)
+        known = label.is_valid().to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(label.type) or pa.types.is_integer(label.type):
+            values = label.to_numpy(zero_copy_only=False).astype(np.float64)
+            known &= ~np.isnan(values) & (values >= 0)  # null reads as NaN here
+        parts.append(id_keys(batch.column(0))[known])
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def count_present(pool, columns: Columns, ids: IdSet, batch_size: int = BATCH_SIZE) -> int:
