@@ -210,7 +210,7 @@ def test_lsb_mix_records_seed_provenance(world):
         assert ledger_seed[str(row["id"])] == (str(row["seed_id"]), pytest.approx(row["similarity"]),
                                                pytest.approx(row["lookalike_score"]))
     tasks = json.loads((ws / "rounds/0001/export/tasks.json").read_text())
-    meta = {t["data"]["id"]: t["meta"] for t in tasks}
+    meta = {t["data"]["item_id"]: t["meta"] for t in tasks}
     assert all(str(meta[r["id"]]["seed_id"]) == str(r["seed_id"]) for r in rows)
     assert all(m["seed_id"] is None for m in meta.values() if m["strategy"] == "entropy")
 
@@ -287,8 +287,8 @@ def test_labels_for_finished_round_are_rejected(world, started):
     round_finish(ws)
     late = world.root / "late.csv"
     late.write_text(f"id,label\n{ids[0]},1\n")
-    rep = round_import(ws, late)
-    assert rep.new == 0 and "round 1, which is finished" in rep.bad[0].reason
+    with pytest.raises(ImportRejected, match="round 1, which is finished"):  # stored nothing: an error
+        round_import(ws, late)
 
 
 def test_conflicts_majority_and_ties(world, started):
@@ -363,7 +363,7 @@ def test_label_studio_round_trip(world, started):
     assert len(tasks) == 40
     t0 = tasks[0]
     assert set(t0) == {"data", "meta"}
-    assert set(t0["data"]) == {"id", "text", "image_path"}
+    assert set(t0["data"]) == {"item_id", "text", "image_path"}
     assert {"strategy", "score", "rank", "round"} <= set(t0["meta"])
     config = ET.fromstring((export / "labeling_config.xml").read_text())
     assert [c.get("value") for c in config.iter("Choice")] == CLASSES
@@ -373,7 +373,7 @@ def test_label_studio_round_trip(world, started):
     # annotations[].result[].value.choices; one annotation is cancelled and must be ignored.
     exported = []
     for n, task in enumerate(tasks, start=1):
-        key = str(task["data"]["id"])
+        key = str(task["data"]["item_id"])
         choice = CLASSES[world.oracle[key]]
         exported.append(task | {"id": 500 + n, "annotations": [
             {"id": n, "completed_by": {"id": 7, "email": "ann@example.com"}, "was_cancelled": False,

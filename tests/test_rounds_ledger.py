@@ -87,7 +87,7 @@ def test_parse_label(value, expected):
     assert parse_label(value, ["sports", "tech", "politics"]) == expected
 
 
-@pytest.mark.parametrize("value", [3, -1, "3", "weather", True, 1.5, [1]])
+@pytest.mark.parametrize("value", [3, -1, "3", "weather", True, 1.5, [1], "\u0661", "\uff12", "\u00b2", "9" * 5000])
 def test_parse_label_rejects(value):
     with pytest.raises(ValueError):
         parse_label(value, ["sports", "tech", "politics"])

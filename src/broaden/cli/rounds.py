@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     i = rsub.add_parser("import", help="import labels (CSV, JSONL, JSON or a Label Studio export)",
                         description="Validate and store labels. Re-importing a file changes nothing. Bad rows "
-                        "are reported and skipped, or with --strict nothing is imported.")
+                        "are counted by kind (the first 20 shown) and skipped, or with --strict nothing is "
+                        "imported. A file with no valid label imports nothing and exits with status 2.")
     i.add_argument("workspace")
     i.add_argument("file")
     i.add_argument("--strict", action="store_true", help="import nothing if any row is bad")
@@ -89,6 +90,7 @@ def run_start(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     from broaden.rounds import round_import
+    from broaden.rounds.annotate import summarise
 
     r = round_import(args.workspace, args.file, strict=args.strict, format=args.format, annotator=args.annotator)
     if r.already_imported:
@@ -96,8 +98,8 @@ def run_import(args: argparse.Namespace) -> int:
         return 0
     print(f"{r.path} ({r.format}): {r.new} new label(s), {r.duplicates} already present, "
           f"{r.unlabelled} row(s) without a label, {len(r.bad)} bad row(s)")
-    for bad in r.bad:
-        print(f"  bad {bad}", file=sys.stderr)
+    for line in summarise(r.bad) if r.bad else ():
+        print(f"  {line}", file=sys.stderr)
     return 0
 
 

@@ -2,33 +2,48 @@
 
 * A file whose SHA-256 is already in the ledger is not read again: re-importing changes nothing.
 * Every label is checked: the id must belong to an open round, the label must be a class index in
-  0..C−1 or a class name. Lenient (default): good rows go in, each bad row is reported with where it is
-  and why. ``strict=True``: any bad row stops the import before anything is written.
+  0..C−1 or a class name. Lenient (default): good rows go in, bad rows are reported (counted by kind,
+  the first 20 with where and why). ``strict=True``: any bad row stops the import before anything is
+  written. A file with no valid label is refused (:class:`ImportRejected`) and not recorded.
 * All votes of one file go in one transaction with the file's digest, so a crash imports all or none.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broaden.errors import BroadenError
-from broaden.rounds.formats import BadRow, parse_annotations
+from broaden.rounds.formats import FINISHED, NOT_SENT, BadRow, parse_annotations, shown
 from broaden.rounds.ledger import Vote
 from broaden.rounds.workspace import Workspace
 
 UNNAMED = "unnamed"
+SHOW_BAD = 20
 
 
 class ImportRejected(BroadenError):
-    """``--strict`` import of a file with bad rows: nothing was imported."""
+    """Nothing was imported: ``--strict`` met a bad row, or the file holds no valid label at all.
+    The file is not recorded, so it can be fixed and imported again."""
 
-    def __init__(self, path: str, bad: list[BadRow]):
-        shown = "; ".join(str(b) for b in bad[:10])
-        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
-        super().__init__(f"{path}: {len(bad)} bad row(s), nothing imported (--strict): {shown}{more}")
+    def __init__(self, path: str, bad: list[BadRow], *, strict: bool, unlabelled: int = 0):
+        why = "--strict" if strict else "no valid label in the file"
+        empty = f"; {unlabelled} row(s) without a label" if unlabelled else ""
+        head, *rows = summarise(bad) if bad else [""]
+        detail = f"; {head}: {'; '.join(rows)}" if bad else ""
+        super().__init__(f"{path}: nothing imported ({why}){empty}{detail}")
         self.bad = bad
+
+
+def summarise(bad: list[BadRow], limit: int = SHOW_BAD) -> list[str]:
+    """``N bad row(s) (kind: n, …)``, then the first ``limit`` rows (where: why) and how many more: a
+    million bad rows must not become a million lines."""
+    kinds = Counter(b.kind for b in bad)
+    head = f"{len(bad)} bad row(s) ({', '.join(f'{k}: {n}' for k, n in kinds.most_common())})"
+    more = [f"… and {len(bad) - limit} more"] if len(bad) > limit else []
+    return [head, *(str(b) for b in bad[:limit]), *more]
 
 
 @dataclass
@@ -72,13 +87,15 @@ def round_import(ws: Workspace, path: str | os.PathLike, *, strict: bool = False
         for v in parsed.votes:
             found = where.get(v.item_id)
             if found is None:
-                bad.append(BadRow(v.where, f"id {v.item_id!r} was never sent out in this workspace"))
+                bad.append(BadRow(v.where, f"id {shown(v.item_id)} was never sent out in this workspace", NOT_SENT))
             elif found[1] != "open":
-                bad.append(BadRow(v.where, f"id {v.item_id!r} belongs to round {found[0]}, which is finished"))
+                bad.append(BadRow(v.where, f"id {shown(v.item_id)} belongs to round {found[0]}, which is finished",
+                                  FINISHED))
             else:
                 votes.append(Vote(v.item_id, found[0], v.annotator or default_annotator, v.label))
-        if strict and bad:
-            raise ImportRejected(str(p), bad)
+        # A file is recorded only with the labels it stored: one that stored none can be fixed and re-imported.
+        if (strict and bad) or not votes:
+            raise ImportRejected(str(p), bad, strict=strict and bool(bad), unlabelled=parsed.unlabelled)
         new = ledger.add_import(digest=digest, path=str(p), fmt=parsed.format, votes=votes, rows_bad=len(bad))
     return ImportReport(str(p), parsed.format, digest, labels=len(votes), new=new, unlabelled=parsed.unlabelled,
                         bad=bad)
