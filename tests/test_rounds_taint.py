@@ -18,6 +18,7 @@ from broaden.rounds.config import ConfigError
 from broaden.rounds.ledger import Ledger
 from broaden.rounds.workspace import EvaluationLeakError, WorkspaceError
 from broaden.select import select
+from broaden.select.pool import SelectionError
 
 
 def _votes(ws) -> dict[tuple[str, str], int]:
@@ -96,7 +97,7 @@ def test_select_skips_pool_rows_that_already_carry_a_label(tmp_path):
     pool = io.make_scored_table(np.arange(n), probs, labels=labels)
     picked = select(pool, "entropy", 4)["id"].to_pylist()
     assert set(picked[:2]) == {2, 3} and not set(picked) & {0, 1, 4, 5}
-    with pytest.raises(Exception, match="16 eligible"):
+    with pytest.raises(SelectionError, match="16 eligible"):
         select(pool, "entropy", 17)
 
 
