@@ -193,11 +193,14 @@ def _path_batches(path, read_cols, batch_size):
             offset += batch.num_rows
 
 
-def _column_batches(pool, names: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
-    """The pool's ``names`` columns, one record batch at a time."""
+def _column_batches(pool, names: Sequence[str], batch_size: int,
+                    validator: Validator | None = None) -> Iterator[pa.RecordBatch]:
+    """The pool's ``names`` columns, one record batch at a time (each checked by ``validator`` if given)."""
     if isinstance(pool, pa.Table):
-        return (b for b, _ in _table_batches(pool.select(list(names)), batch_size))
-    return (b for b, _, _ in _path_batches(pool, list(names), batch_size))
+        batches = ((b, "pool table", off) for b, off in _table_batches(pool.select(list(names)), batch_size))
+    else:
+        batches = _path_batches(pool, list(names), batch_size)
+    return (b if validator is None else validator(b, source, off) for b, source, off in batches)
 
 
 def _id_batches(pool, columns: Columns, batch_size: int) -> Iterator[np.ndarray]:
@@ -211,7 +214,10 @@ def labelled_ids(pool, columns: Columns, batch_size: int = BATCH_SIZE) -> np.nda
     if columns.label not in pool_names(pool):
         return np.empty(0, dtype=np.int64)
     parts = []
-    for batch in _column_batches(pool, [columns.id, columns.label], batch_size):
+    # This pass runs before the scans that validate the pool: bad ids or labels (a list id, an inf or text
+    # label) must be a clear error naming the file and row here too, not a traceback or a wrong exclusion.
+    check = Validator(columns=columns, require=("id",), check_unique=False)
+    for batch in _column_batches(pool, [columns.id, columns.label], batch_size, check):
         label = batch.column(1)
         known = label.is_valid().to_numpy(zero_copy_only=False)
         if pa.types.is_floating(label.type) or pa.types.is_integer(label.type):
