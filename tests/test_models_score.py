@@ -207,3 +207,21 @@ def test_incomplete_model_folder_is_a_clear_error(run, tmp_path):
     (broken / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match=r"config\.json: missing 'columns'"):
         load_model(broken)
+
+
+def test_corrupt_items_and_a_folder_out_are_one_line_errors(run, tmp_path):
+    """Issue 13: damaged Parquet pages and an --out that is a folder fail before any scoring."""
+    from broaden.errors import OutputError
+
+    items = pq.read_table(run / "data" / "items.parquet").slice(0, 8)
+    bad = tmp_path / "items.parquet"
+    pq.write_table(items, bad, compression="none")
+    data = bytearray(bad.read_bytes())
+    data[4:68] = bytes(64)  # the first column chunk's page header
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ScoredTableError, match="items.parquet.*damaged"):
+        score_(run, bad, tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OutputError, match="folder"):
+        score_(run, run / "data" / "items.parquet", tmp_path / "folder")

@@ -20,8 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from broaden.io import Columns, ParquetStreamWriter, Validator, count_rows, matrix_to_list_array, read_table, \
-    write_table
+from broaden.io import (
+    Columns, ParquetStreamWriter, Validator, check_writable, count_rows, matrix_to_list_array, read_table, write_table,
+)
 from broaden.models.audio_cache import AudioCache
 from broaden.models.checkpoint import load_model
 from broaden.models.data import Featurizer, check_item_columns, items_base_dir
@@ -127,6 +128,7 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
     from broaden.engines import get_engine
 
     runner = get_engine(engine)
+    check_writable(out)  # a folder or unwritable --out fails now, not after scoring every item
     with torch_threads(num_threads):
         loaded = load_model(model, device=device, whisper_path=whisper_path)
         item_cols, out_cols = _score_columns(loaded, columns)
