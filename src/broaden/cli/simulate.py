@@ -8,6 +8,23 @@ def _optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "all", "none") else int(text)
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _class_groups(text: str) -> list[list[str]]:
+    """``0,1,2,3,4:5,6,7,8,9`` → two groups of classes (indices or names)."""
+    return [_names(part) or [] for part in text.split(":")]
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    """The own-data flags that were given (unset ones stay out of the run's configuration)."""
+    options = {"id_col": args.id_col, "label_col": args.label_col, "text_cols": _names(args.text), "pair": args.pair,
+               "embedding_col": args.embedding_col, "split_col": args.split_col,
+               "class_names": _names(args.class_names)}
+    return {k: v for k, v in options.items() if v not in (None, False)}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
@@ -17,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "retraining (Table 2), over K repeats with paired tests against Stat-AL. Resumable: finished repeats "
         "in --out are reused. Output format: docs/results-format.md.",
     )
-    p.add_argument("--dataset", required=True, help="clickbait, ag_news, crowdflower_search_relevance, mnist")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="registered: clickbait, ag_news, crowdflower_search_relevance, mnist")
+    source.add_argument("--data", metavar="FILE", help="your own data: CSV, JSONL or Parquet (docs/simulate.md)")
     p.add_argument("--out", required=True, help="result folder (created; resumed when it exists)")
     p.add_argument("--budget", type=int, default=1000, help="items each group selects per round (%(default)s)")
     p.add_argument("--initial", type=int, default=1000, help="initial random labelled set (%(default)s)")
@@ -52,20 +71,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hidden", type=int, default=256, help="MLP hidden units (%(default)s)")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                    help="classifier loss weights (%(default)s)")
+    d = p.add_argument_group("own data (--data FILE; docs/simulate.md)")
+    d.add_argument("--id-col", default=None, help="id column (id)")
+    d.add_argument("--label-col", default=None, help="label column: class index or class name (label)")
+    d.add_argument("--text", default=None, metavar="COL[,COL...]",
+                   help="text field(s) for the frozen encoder, joined like title + description (text)")
+    d.add_argument("--pair", action="store_true", help="the first two --text fields are query and item")
+    d.add_argument("--embedding-col", default=None,
+                   help="ready vectors (list of floats) used as the features (embedding, when present)")
+    d.add_argument("--split-col", default=None,
+                   help="train/test column (split, when present; else a stratified random 20%% is test)")
+    d.add_argument("--class-names", default=None, metavar="A,B,...",
+                   help="class order: label names map to these indices (default: names sorted)")
+    d.add_argument("--class-groups", default=None, metavar="G:G...",
+                   help="merge classes, also with --dataset: '0,1,2,3,4:5,6,7,8,9' (indices or names; the "
+                   "original label is kept as column orig_label)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from broaden.simulate import simulate
 
     simulate(
-        args.dataset, out=args.out, budget=args.budget, initial=args.initial, lsb_share=args.lsb_share,
+        Path(args.data) if args.data else args.dataset,
+        out=args.out, budget=args.budget, initial=args.initial, lsb_share=args.lsb_share,
         rounds=args.rounds, repeats=args.repeats, seed=args.seed, label_noise=args.label_noise,
         confusion=args.confusion, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
         lookalike_threshold=args.lookalike_threshold, latent=args.latent, denoise=args.denoise_seeds,
         variants=args.variants, groups=[g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None,
         pool_size=args.pool_size, max_items=args.max_items, encoder=args.encoder, data_dir=args.data_dir,
+        data_options=_data_options(args), class_groups=_class_groups(args.class_groups) if args.class_groups else None,
         cache_dir=args.cache_dir, index=args.index, progress=not args.quiet,
         classifier={"hidden": (args.hidden,),
                     "class_weight": None if args.class_weight == "none" else args.class_weight},

@@ -5,26 +5,39 @@ Text datasets go through a frozen sentence encoder (all-MiniLM-L6-v2 by default)
 separately and joined by cross features [u, v, |u−v|, u⊙v, cos(u, v)] — "query [SEP] title" through a
 frozen bi-encoder leaves the classifier near the majority class. Images use their pixels (scaled to
 0..1) unless an encoder is plugged in. The frozen latent that LSB can search is the classifier input.
+
+One loader path: :func:`sim_data_from_table` turns any table (id, label, text fields / a ready embedding /
+an image column, optional split, other columns kept) into :class:`SimData`; :func:`load_own_data` reads
+a user's CSV / JSONL / Parquet file into it and :func:`load_sim_data` a registered dataset.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from broaden.errors import DatasetError
 from broaden.simulate.cache import cached_encode
 
 TEXT_SEPARATOR = " | "
+DATA_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+SPLIT_VALUES = ("train", "test")
 
 
 @dataclass
 class SimData:
-    """Everything the protocol needs, row-aligned (one row per item)."""
+    """Everything the protocol needs, row-aligned (one row per item).
+
+    ``columns`` holds the data's other columns (e.g. ``group``, ``time``, ``orig_label``) so a scenario
+    can define a sub-population from them.
+    """
 
     name: str
     ids: np.ndarray
@@ -36,6 +49,7 @@ class SimData:
     task: str = "multiclass"
     texts: list[str] | None = None
     feature_info: dict = field(default_factory=dict)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         n = len(self.ids)
@@ -48,6 +62,10 @@ class SimData:
             raise DatasetError(f"{self.name}: labels must lie in 0..{self.num_classes - 1}")
         if not self.class_names:
             self.class_names = tuple(str(c) for c in range(self.num_classes))
+        self.columns = {k: np.asarray(v) for k, v in self.columns.items()}
+        for key, values in self.columns.items():
+            if len(values) != n:
+                raise DatasetError(f"{self.name}: column {key!r} has {len(values)} rows, the data {n}")
 
     @property
     def discrepancy(self) -> str:
@@ -55,9 +73,49 @@ class SimData:
         return "nominal" if self.task == "multiclass" else "ordinal"
 
     def subset(self, rows: np.ndarray) -> SimData:
-        return SimData(self.name, self.ids[rows], self.labels[rows], self.features[rows], self.is_test[rows],
-                       self.num_classes, self.class_names, self.task,
-                       None if self.texts is None else [self.texts[i] for i in rows], dict(self.feature_info))
+        return replace(self, ids=self.ids[rows], labels=self.labels[rows], features=self.features[rows],
+                       is_test=self.is_test[rows], texts=None if self.texts is None else [self.texts[i] for i in rows],
+                       feature_info=dict(self.feature_info), columns={k: v[rows] for k, v in self.columns.items()})
+
+    def regroup(self, groups: Sequence[Sequence[int | str]], names: Sequence[str] | None = None) -> SimData:
+        """Merge classes: ``[[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]`` makes MNIST "0–4 vs 5–9".
+
+        Classes are given by index or name, each exactly once. The original labels stay in
+        ``columns["orig_label"]`` (so a sub-population can be "original digit 4"); two groups make the
+        task binary, ordered contiguous groups keep an ordinal task ordinal.
+        """
+        resolved = [[self._class_index(c) for c in g] for g in groups]
+        flat = [c for g in resolved for c in g]
+        if len(resolved) < 2 or any(not g for g in resolved) or sorted(flat) != list(range(self.num_classes)):
+            missing = sorted(set(range(self.num_classes)) - set(flat))
+            repeated = sorted({c for c in flat if flat.count(c) > 1})
+            raise DatasetError(
+                f"{self.name}: class groups must be at least two non-empty groups naming each of the "
+                f"{self.num_classes} classes exactly once (missing {missing}, repeated {repeated})")
+        names = list(names) if names else ["+".join(self.class_names[c] for c in g) for g in resolved]
+        if len(names) != len(resolved):
+            raise DatasetError(f"{self.name}: {len(names)} group names for {len(resolved)} class groups")
+        mapping = np.empty(self.num_classes, dtype=np.int64)
+        for j, g in enumerate(resolved):
+            mapping[g] = j
+        ordered = flat == list(range(self.num_classes))
+        task = "binary" if len(resolved) == 2 else ("ordinal" if self.task == "ordinal" and ordered else "multiclass")
+        # A second regroup keeps the first originals: "original digit 4" stays meaningful.
+        columns = {**self.columns, "orig_label": self.columns.get("orig_label", self.labels)}
+        return replace(self, labels=mapping[self.labels], num_classes=len(resolved), class_names=tuple(names),
+                       task=task, feature_info=dict(self.feature_info), columns=columns)
+
+    def _class_index(self, c: int | str) -> int:
+        if isinstance(c, str) and c in self.class_names:
+            return self.class_names.index(c)
+        try:
+            index = int(c)
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < self.num_classes:
+            raise DatasetError(f"{self.name}: unknown class {c!r} in class groups "
+                               f"(classes: {', '.join(self.class_names)}, or 0..{self.num_classes - 1})")
+        return index
 
 
 def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -115,8 +173,294 @@ class TextEncoder:
         return cached_encode(texts, self._encode, encoder_id=self.encoder_id, tag=tag, cache_dir=self.cache_dir)
 
 
+
+
 def _text_column(table: pa.Table, name: str) -> list[str]:
     return [("" if v is None else str(v)) for v in table.column(name).to_pylist()]
+
+
+@dataclass
+class _Where:
+    """Names a place in the input for an error: the file, a column, the file's row (from 1) and its id."""
+
+    source: str
+    ids: list
+    rows: np.ndarray  # the file row of each current row: a subsample keeps the file's numbering
+
+    def __call__(self, column: str, i: int) -> str:
+        at = f"{self.source}: column {column!r}, row {int(self.rows[i]) + 1}"
+        return at if self.ids[i] in (None, "") else f"{at} (id {self.ids[i]!r})"
+
+    def take(self, rows: np.ndarray) -> _Where:
+        return _Where(self.source, [self.ids[i] for i in rows], self.rows[rows])
+
+
+def _first_null(col: pa.ChunkedArray) -> int | None:
+    if not col.null_count:
+        return None
+    return int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
+
+
+def _label_indices(col: pa.ChunkedArray, class_names: Sequence[str] | None, where: _Where,
+                   column: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Class indices and names from a label column of indices or of class names."""
+    if (row := _first_null(col)) is not None:
+        raise DatasetError(f"{where(column, row)}: missing label")
+    typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        values = np.asarray(col.cast(pa.string()).to_pylist(), dtype=object)
+        names = tuple(class_names) if class_names else tuple(sorted(set(values)))
+        lookup = {name: i for i, name in enumerate(names)}
+        labels = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
+        if (labels < 0).any():
+            row = int(np.flatnonzero(labels < 0)[0])
+            raise DatasetError(f"{where(column, row)}: unknown class {values[row]!r} "
+                               f"(classes: {', '.join(names)})")
+        return labels, names
+    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
+        raise DatasetError(f"{where.source}: column {column!r} holds {col.type}; give class indices or class names")
+    raw = col.cast(pa.float64()).to_numpy(zero_copy_only=False) if not pa.types.is_integer(typ) else None
+    if raw is not None and not np.array_equal(raw, np.round(raw)):
+        row = int(np.flatnonzero(raw != np.round(raw))[0])  # NaN compares unequal too
+        raise DatasetError(f"{where(column, row)}: label {raw[row]} is not a class index")
+    labels = col.to_numpy().astype(np.int64) if raw is None else raw.astype(np.int64)
+    names = tuple(class_names) if class_names else tuple(str(c) for c in range(int(labels.max()) + 1))
+    bad = (labels < 0) | (labels >= len(names))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"{where(column, row)}: class index {labels[row]} is outside "
+                           f"0..{len(names) - 1} ({len(names)} classes)")
+    return labels, names
+
+
+def _check_ids(ids: np.ndarray, where: _Where, column: str) -> None:
+    if ids.dtype.kind in "US":
+        empty = np.flatnonzero(ids == "")
+        if len(empty):
+            raise DatasetError(f"{where(column, int(empty[0]))}: empty id")
+    order = np.argsort(ids, kind="stable")
+    repeat = order[1:][ids[order][1:] == ids[order][:-1]]
+    if len(repeat):
+        row = int(repeat.min())
+        first = int(np.flatnonzero(ids == ids[row])[0])
+        raise DatasetError(f"{where(column, row)}: duplicate id (first at row {int(where.rows[first]) + 1})")
+
+
+def _split(table: pa.Table, split_col: str | None, labels: np.ndarray, test_share: float, split_seed: int,
+           where: _Where) -> np.ndarray:
+    """``is_test`` from a train/test column, else a seeded stratified random ``test_share`` per class."""
+    if split_col is not None:
+        values = np.asarray([str(v).strip().lower() if v is not None else "" for v in
+                             table.column(split_col).to_pylist()], dtype=object)
+        bad = ~np.isin(values, SPLIT_VALUES)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{where(split_col, row)}: split {table.column(split_col)[row].as_py()!r} "
+                               f"is not one of {', '.join(SPLIT_VALUES)}")
+        is_test = values == "test"
+    else:
+        if not 0 < test_share < 1:
+            raise DatasetError(f"{where.source}: test share must lie strictly between 0 and 1, got {test_share}")
+        rng = np.random.default_rng(split_seed)
+        is_test = np.zeros(len(labels), dtype=bool)
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            is_test[rng.choice(rows, size=int(round(len(rows) * test_share)), replace=False)] = True
+    if is_test.all() or not is_test.any():
+        raise DatasetError(f"{where.source}: the data needs both train and test rows "
+                           f"({int(is_test.sum())} of {len(is_test)} are test)")
+    return is_test
+
+
+def _embedding_matrix(col: pa.ChunkedArray, where: _Where, column: str) -> np.ndarray:
+    """A list-of-floats column as (n, d) float32; a missing, short or non-finite row is named."""
+    from broaden.io import list_matrix
+
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise DatasetError(f"{where.source}: column {column!r} holds {col.type}, not a list of floats per row")
+    if (row := _first_null(col)) is not None:
+        raise DatasetError(f"{where(column, row)}: missing embedding")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise DatasetError(f"{where(column, row)}: embedding has {lengths[row]} values, row 1 has {lengths[0]}")
+    if len(lengths) and lengths[0] == 0:
+        raise DatasetError(f"{where(column, 0)}: empty embedding")
+    try:
+        features = list_matrix(col, width=int(lengths[0]) if len(lengths) else None)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise DatasetError(f"{where.source}: column {column!r}: embedding values must be numbers ({exc})") from exc
+    if not np.isfinite(features).all():
+        row = int(np.flatnonzero(~np.isfinite(features).all(axis=1))[0])
+        raise DatasetError(f"{where(column, row)}: embedding has a NaN or infinite value")
+    return features
+
+
+def _nonempty_texts(texts: list[str], where: _Where, column: str) -> list[str]:
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise DatasetError(f"{where(column, empty[0])}: empty text")
+    return texts
+
+
+def sim_data_from_table(
+    table: pa.Table,
+    *,
+    name: str,
+    id_col: str = "id",
+    label_col: str = "label",
+    text_cols: Sequence[str] | None = None,
+    pair: bool = False,
+    embedding_col: str | None = None,
+    image_col: str | None = None,
+    split_col: str | None = None,
+    class_names: Sequence[str] | None = None,
+    task: str | None = None,
+    test_share: float = 0.2,
+    split_seed: int = 0,
+    keep_cols: Sequence[str] | None = None,
+    max_items: int | None = None,
+    subsample_seed: int = 0,
+    encoder: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    text_encoder_factory: Callable[..., TextEncoder] = TextEncoder,
+    source: str | None = None,
+) -> SimData:
+    """Turn one table into :class:`SimData` — the single path for registered datasets and own data.
+
+    Features come from ``embedding_col`` (ready vectors), else ``text_cols`` through the cached frozen
+    encoder (``pair``: the first two are query and item, joined by :func:`pair_features`), else
+    ``image_col`` pixels. Labels are class indices or class names (sorted unless ``class_names`` is
+    given). ``split_col`` holds train/test; without it a seeded stratified ``test_share`` is test.
+    Other columns (``keep_cols``, default all unused ones) go to ``SimData.columns``. ``max_items`` keeps
+    a stratified subsample. Errors name ``source`` (the file), the column and the row.
+    """
+    source = source or name
+    text_cols = list(text_cols or ())
+    needed = [id_col, label_col, *text_cols, *(c for c in (embedding_col, image_col, split_col) if c)]
+    missing = [c for c in dict.fromkeys(needed) if c not in table.column_names]
+    if missing:
+        raise DatasetError(f"{source}: missing column(s) {', '.join(map(repr, missing))} "
+                           f"(columns: {', '.join(table.column_names)})")
+    if not (embedding_col or text_cols or image_col):
+        raise DatasetError(f"{source}: name the features — text column(s), an embedding column or an image column")
+    if pair and not embedding_col and len(text_cols) < 2:
+        raise DatasetError(f"{source}: a query–item pair needs two text columns (query, item), got {text_cols}")
+    where = _Where(source, table.column(id_col).to_pylist(), np.arange(table.num_rows))
+    labels, class_names = _label_indices(table.column(label_col), class_names, where, label_col)
+    if max_items:
+        rows = stratified_subsample(labels, int(max_items), subsample_seed)
+        table, labels, where = table.take(pa.array(rows)), labels[rows], where.take(rows)
+    if (row := _first_null(table.column(id_col))) is not None:
+        raise DatasetError(f"{where(id_col, row)}: missing id")
+    ids = np.asarray(table.column(id_col).to_pylist())
+    _check_ids(ids, where, id_col)
+    is_test = _split(table, split_col, labels, test_share, split_seed, where)
+    tag = name + (f"-sub{max_items}s{subsample_seed}" if max_items else "")
+    columns = [_text_column(table, f) for f in text_cols]
+    if pair and not embedding_col:
+        enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
+        (query_field, item_field), (queries, items) = text_cols[:2], columns[:2]
+        _nonempty_texts(queries, where, query_field)
+        _nonempty_texts(items, where, item_field)
+        features = pair_features(enc.encode(queries, f"{tag}-{query_field}"), enc.encode(items, f"{tag}-{item_field}"))
+        texts = [f"{q}{TEXT_SEPARATOR}{t}" for q, t in zip(queries, items)]
+        recipe = {"kind": "pair", "encoder": enc.name, "fields": [query_field, item_field],
+                  "features": "[u, v, |u-v|, u*v, cos]"}
+    else:
+        texts = [TEXT_SEPARATOR.join(parts) for parts in zip(*columns)] if columns else None
+        if embedding_col:
+            features = _embedding_matrix(table.column(embedding_col), where, embedding_col)
+            recipe = {"kind": "embedding", "encoder": "given", "fields": [embedding_col]}
+        elif text_cols:
+            enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
+            # Fields joined by ". " read like one passage to a sentence encoder (title + description).
+            joined = [". ".join(p for p in parts if p) for parts in zip(*columns)]
+            features = enc.encode(_nonempty_texts(joined, where, "+".join(text_cols)),
+                                  f"{tag}-{'+'.join(text_cols)}")
+            recipe = {"kind": "text", "encoder": enc.name, "fields": list(text_cols)}
+        else:
+            from broaden.datasets import images_from_column
+
+            images = images_from_column(table.column(image_col))
+            features = images.reshape(len(images), -1).astype(np.float32) / 255.0
+            recipe = {"kind": "image", "encoder": "pixels/255", "fields": [image_col]}
+    used = {id_col, label_col, split_col, embedding_col, image_col, *text_cols}
+    kept = [c for c in table.column_names if c not in used] if keep_cols is None else list(keep_cols)
+    if unknown := [c for c in kept if c not in table.column_names]:
+        raise DatasetError(f"{source}: missing column(s) to keep {', '.join(map(repr, unknown))}")
+    task = task or ("binary" if len(class_names) == 2 else "multiclass")
+    return SimData(name, ids, labels, features, is_test, len(class_names), class_names, task, texts,
+                   {**recipe, "dim": int(features.shape[1])},
+                   {c: table.column(c).to_numpy() for c in kept})
+
+
+def own_data_path(dataset: object) -> Path | None:
+    """``dataset`` as a data file path, or None for a registered name (names hold no '/' nor a suffix)."""
+    if isinstance(dataset, os.PathLike) or (isinstance(dataset, str) and (
+            os.sep in dataset or "/" in dataset or Path(dataset).suffix.lower() in DATA_FILE_SUFFIXES)):
+        return Path(dataset)
+    return None
+
+
+def read_data_file(path: str | os.PathLike, string_cols: Sequence[str] = ()) -> pa.Table:
+    """A CSV, JSONL (or JSON array) or Parquet file as an Arrow table; ``string_cols`` stay text in CSV."""
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in DATA_FILE_SUFFIXES:
+        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; "
+                           f"use {', '.join(DATA_FILE_SUFFIXES)}")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path)
+        if suffix == ".csv":
+            # Ids like "007" and numeric-looking texts stay strings; empty cells stay "" (named as empty).
+            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                  convert_options=pacsv.ConvertOptions(
+                                      column_types={c: pa.string() for c in string_cols},
+                                      strings_can_be_null=False, quoted_strings_can_be_null=False))
+        with open(path, "rb") as fh:
+            head = fh.read(4096).lstrip()
+        if head.startswith(b"["):  # a .json holding one array of records
+            return pa.Table.from_pylist(json.loads(path.read_text(encoding="utf-8")))
+        return pajson.read_json(path)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read as {suffix[1:].upper()} ({exc})") from exc
+
+
+def load_own_data(
+    path: str | os.PathLike,
+    *,
+    id_col: str = "id",
+    label_col: str = "label",
+    text_cols: Sequence[str] | str | None = None,
+    embedding_col: str | None = None,
+    split_col: str | None = None,
+    **options,
+) -> SimData:
+    """Your own data (CSV / JSONL / Parquet) as :class:`SimData`; see :func:`sim_data_from_table`.
+
+    Defaults: the features are the ``embedding`` column when there is one and no ``text_cols`` are
+    named, else the ``text`` column; a ``split`` column, when present, fixes train/test.
+    """
+    path = Path(path)
+    text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols or ())
+    table = read_data_file(path, [id_col, *text_cols])
+    if not text_cols and embedding_col is None:
+        embedding_col = "embedding" if "embedding" in table.column_names else None
+    if not text_cols and "text" in table.column_names:
+        text_cols = ["text"]  # with an embedding these are only shown (reports, cluster terms), not encoded
+    if split_col is None and "split" in table.column_names:
+        split_col = "split"
+    return sim_data_from_table(table, name=path.stem, id_col=id_col, label_col=label_col, text_cols=text_cols,
+                               embedding_col=embedding_col, split_col=split_col, source=str(path), **options)
 
 
 def load_sim_data(
@@ -138,44 +482,14 @@ def load_sim_data(
     from broaden.datasets import get_info, load_dataset
 
     info = get_info(dataset)
-    table = load_dataset(info.name, data_dir)
-    labels = table.column("label").to_numpy().astype(np.int64)
-    if max_items:
-        table = table.take(pa.array(stratified_subsample(labels, int(max_items), subsample_seed)))
-        labels = table.column("label").to_numpy().astype(np.int64)
-    ids = np.asarray(table.column("id").to_pylist())
-    is_test = np.asarray(table.column("split").to_pylist()) == "test"
-    tag = info.name + (f"-sub{max_items}s{subsample_seed}" if max_items else "")
-    if info.pair:
-        enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
-        query_field, item_field = info.text_fields[:2]
-        queries, items = _text_column(table, query_field), _text_column(table, item_field)
-        u = enc.encode(queries, f"{tag}-{query_field}")
-        v = enc.encode(items, f"{tag}-{item_field}")
-        features = pair_features(u, v)
-        texts = [f"{q}{TEXT_SEPARATOR}{t}" for q, t in zip(queries, items)]
-        recipe = {"kind": "pair", "encoder": enc.name, "fields": [query_field, item_field],
-                  "features": "[u, v, |u-v|, u*v, cos]"}
-    elif info.text_fields:
-        enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
-        columns = [_text_column(table, f) for f in info.text_fields]
-        # Fields joined by ". " read like one passage to a sentence encoder (title + description).
-        joined = [". ".join(p for p in parts if p) for parts in zip(*columns)]
-        features = enc.encode(joined, f"{tag}-{'+'.join(info.text_fields)}")
-        texts = [TEXT_SEPARATOR.join(parts) for parts in zip(*columns)]
-        recipe = {"kind": "text", "encoder": enc.name, "fields": list(info.text_fields)}
-    elif info.image_field:
-        from broaden.datasets import images_from_column
-
-        images = images_from_column(table.column(info.image_field))
-        features = images.reshape(len(images), -1).astype(np.float32) / 255.0
-        texts = None
-        recipe = {"kind": "image", "encoder": "pixels/255", "fields": [info.image_field]}
-    else:
+    if not (info.text_fields or info.image_field):
         raise DatasetError(
             f"{info.name}: simulate supports text, query-item pair and image datasets; this one is "
             f"{'audio' if info.audio_field else 'of another kind'} — build its features and call "
             "broaden.simulate.simulate(SimData(...)) instead"
         )
-    return SimData(info.name, ids, labels, features, is_test, info.num_classes, info.class_names, info.task,
-                   texts, {**recipe, "dim": int(features.shape[1])})
+    return sim_data_from_table(
+        load_dataset(info.name, data_dir), name=info.name, text_cols=info.text_fields, pair=info.pair,
+        image_col=None if info.text_fields else info.image_field, split_col="split", class_names=info.class_names,
+        task=info.task, max_items=max_items, subsample_seed=subsample_seed, encoder=encoder, cache_dir=cache_dir,
+        progress=progress, text_encoder_factory=text_encoder_factory)

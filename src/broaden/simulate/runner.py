@@ -17,7 +17,8 @@ import pyarrow as pa
 from broaden.errors import BroadenError
 from broaden.io import write_table, write_text
 from broaden.metrics import to_jsonable
-from broaden.simulate.data import SimData, load_sim_data
+from broaden.datasets.verify import sha256_file
+from broaden.simulate.data import SimData, load_own_data, load_sim_data, own_data_path
 from broaden.simulate.groups import build_groups
 from broaden.simulate.oracle import check_confusion, load_confusion, noise_confusion
 from broaden.simulate.protocol import RepeatRun, SimConfig
@@ -88,7 +89,7 @@ def _check_folder(out: Path, config: dict) -> None:
 
 
 def simulate(
-    dataset: str | SimData,
+    dataset: str | os.PathLike | SimData,
     *,
     out: str | os.PathLike,
     budget: int = 1000,
@@ -109,6 +110,8 @@ def simulate(
     groups: list[str] | None = None,
     pool_size: int | None = None,
     max_items: int | None = None,
+    data_options: dict | None = None,
+    class_groups: list[list[int | str]] | None = None,
     encoder: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -119,7 +122,8 @@ def simulate(
 ) -> dict:
     """Run the paper's Tables 1–2 protocol (§4.1.2) with an oracle; returns the results.json content.
 
-    ``dataset`` is a registered name (features from the cached frozen encoder) or a ready
+    ``dataset`` is a registered name (features from the cached frozen encoder), a CSV / JSONL / Parquet
+    file (:func:`load_own_data` with ``data_options``; ``class_groups`` then merges classes) or a ready
     :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring).
     """
     from rich.console import Console
@@ -135,8 +139,22 @@ def simulate(
         # written and, with several rounds, after whole rounds of work.
         raise SimulationError(f"--pool-size {pool_size} cannot supply {rounds} round(s) of budget {budget}; "
                               f"use at least {budget * rounds}")
-    data = dataset if isinstance(dataset, SimData) else load_sim_data(
-        dataset, data_dir=data_dir, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress)
+    data_file = None if isinstance(dataset, SimData) else own_data_path(dataset)
+    if data_options and data_file is None:
+        raise SimulationError("data options (--id-col, --label-col, --text, ...) apply only to a data file (--data)")
+    if isinstance(dataset, SimData):
+        data = dataset
+    elif data_file is not None:
+        data = load_own_data(data_file, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress,
+                             **(data_options or {}))
+    else:
+        data = load_sim_data(dataset, data_dir=data_dir, encoder=encoder, cache_dir=cache_dir, max_items=max_items,
+                             progress=progress)
+    data = data.regroup(class_groups) if class_groups else data
+    # Only set keys enter the config, so folders of runs without them keep their configuration hash.
+    data_source = {**({"data_file": str(data_file), "data_sha256": sha256_file(data_file),
+                       "data_options": dict(data_options or {})} if data_file is not None else {}),
+                   **({"class_groups": [list(g) for g in class_groups]} if class_groups else {})}
     matrix = _confusion(label_noise, confusion, data.num_classes)
     group_specs = build_groups(latent=latent, denoise=denoise, variants=variants,
                                dataset_discrepancy=data.discrepancy, num_classes=data.num_classes, include=groups)
@@ -151,6 +169,7 @@ def simulate(
         "groups": [g.name for g in group_specs], "group_specs": {g.name: vars(g) for g in group_specs},
         "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
         "n_train": int((~data.is_test).sum()), "n_test": int(data.is_test.sum()), "data_digest": _data_digest(data),
+        **data_source,
     }
     config["config_hash"] = digest = config_hash(config)
     out = Path(out)
