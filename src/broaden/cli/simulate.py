@@ -61,8 +61,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="extra Stat-AL+LSB-LT groups: none, all, or a list of "
                    "frozen,tuned,nominal,ordinal,denoised,lt-ranked")
     g.add_argument("--index", default="flat", help="FAISS index for kNN (flat = exact; see broaden lsb)")
+    g.add_argument("--lsb-fill", action="store_true",
+                   help="widen k until each LSB share is filled with candidates passing τ2 (no shortfall to Stat-AL)")
+    sc = p.add_argument_group("scenario: where broadening can pay off (DESIGN §3a; docs/simulate.md)")
+    sc.add_argument("--scenario", choices=("iid", "drift", "blindspot"), default="iid",
+                    help="iid: the paper's protocol; drift: S's correct label changed after the snapshot "
+                    "(initial labels of S stay stale); blindspot: S absent from the initial labels")
+    sc.add_argument("--subpop", default=None, metavar="SPEC",
+                    help="sub-population S: kmeans:CLASS:K:CLUSTER (kmeans:CLASS:K lists the clusters), "
+                    "keyword:CLASS:REGEX (CLASS * = any), column:NAME=VALUE, or ids:FILE")
+    sc.add_argument("--relabel-to", default=None, metavar="CLASS", help="drift: S's label after the change")
+    sc.add_argument("--recent", type=int, default=0, metavar="N",
+                    help="recent labelled batch from outside S, scored out-of-sample by the snapshot: LSB seeds "
+                    "and the Lookalike model come from it (0: seeds from the initial set, i.i.d. protocol)")
+    sc.add_argument("--recent-subpop", type=int, default=0, metavar="N", help="items of S in the recent batch")
     p.add_argument("--groups", default=None,
-                   help="comma list of base groups (default all: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC)")
+                   help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
+                   "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
+                   "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5)")
     p.add_argument("--pool-size", type=int, default=None, help="subsample the pool per repeat")
     p.add_argument("--max-items", type=int, default=None, help="stratified subsample of the dataset")
     p.add_argument("--encoder", default=None, help="local HF text encoder folder (default all-MiniLM-L6-v2)")
@@ -104,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
         variants=args.variants, groups=[g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None,
         pool_size=args.pool_size, max_items=args.max_items, encoder=args.encoder, data_dir=args.data_dir,
         data_options=_data_options(args), class_groups=_class_groups(args.class_groups) if args.class_groups else None,
-        cache_dir=args.cache_dir, index=args.index, progress=not args.quiet,
+        cache_dir=args.cache_dir, index=args.index, progress=not args.quiet, scenario=args.scenario,
+        subpop=args.subpop, relabel_to=args.relabel_to, recent=args.recent, recent_subpop=args.recent_subpop,
+        lsb_fill=args.lsb_fill,
         classifier={"hidden": (args.hidden,),
                     "class_weight": None if args.class_weight == "none" else args.class_weight},
     )

@@ -12,6 +12,7 @@ from broaden.errors import BroadenError
 #: Statistical AL as a documented mix of the three uncertainty scores (equal shares, deduplicated).
 STAT_AL_MIX = "least_confident,margin,entropy"
 REFERENCE_GROUP = "Stat-AL"
+REFIT_SUFFIX = "(refit)"
 LATENTS = ("tuned", "frozen")
 
 
@@ -37,6 +38,8 @@ class GroupSpec:
     discrepancy: str | None = None
     denoise: bool = False
     rank_by: str = "nearest"
+    refit: bool = False               # select with the snapshot refit on the recent labelled batch
+    lsb_share: float | None = None    # this group's LSB share (None: the run's --lsb-share)
 
 
 BASE_ORDER = ("Random", "Stat-AL", "Stat-AL+LSB", "Stat-AL+LSB-LT", "HW", "QBC")
@@ -56,6 +59,34 @@ def _variant(base: GroupSpec, variant: str, dataset_discrepancy: str) -> GroupSp
     if all(effective[k] == v for k, v in changes.items()):
         return None
     return replace(base, name=f"{base.name}[{variant}]", **changes)
+
+
+def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
+    """A base group, optionally with a modifier: ``NAME (refit)`` selects with the snapshot refit on the
+    recent labelled batch (the fair control of DESIGN §3a); ``NAME@S`` gives an LSB group its own share S."""
+    stem, share = name, None
+    if "@" in stem:
+        stem, _, text = stem.rpartition("@")
+        try:
+            share = float(text)
+        except ValueError:
+            raise GroupError(f"bad LSB share in group {name!r}; expected e.g. Stat-AL+LSB-LT@0.5") from None
+        if not 0 <= share <= 1:
+            raise GroupError(f"LSB share in group {name!r} must be within 0 … 1")
+    refit = stem.endswith(REFIT_SUFFIX)
+    stem = stem[:-len(REFIT_SUFFIX)].rstrip() if refit else stem
+    if stem not in base:
+        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, optionally with "
+                         f"'{REFIT_SUFFIX}' (not for LSB groups) or '@SHARE' (LSB groups only)")
+    spec = base[stem]
+    if share is not None and spec.kind != "lsb":
+        raise GroupError(f"{name!r}: only LSB groups take a share (@S)")
+    if refit and spec.kind in ("lsb", "random"):
+        raise GroupError(f"{name!r}: '{REFIT_SUFFIX}' applies to Stat-AL, HW and QBC; LSB seeds must be scored "
+                         "out-of-sample by the snapshot, and Random uses no model")
+    if share is None and not refit:
+        return spec
+    return replace(spec, name=name, refit=refit, lsb_share=share)
 
 
 def build_groups(
@@ -84,12 +115,11 @@ def build_groups(
         "QBC": GroupSpec("QBC", "qbc"),
     }
     names = list(BASE_ORDER) if include is None else list(include)
-    unknown = [n for n in names if n not in base]
-    if unknown:
-        raise GroupError(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(BASE_ORDER)}")
     if REFERENCE_GROUP not in names:
         names.insert(0, REFERENCE_GROUP)  # the paired tests compare every group with it
-    groups = [base[n] for n in names]
+    groups = [_named(n, base) for n in names]
+    if len({g.name for g in groups}) != len(groups):
+        raise GroupError(f"a group is listed twice in {', '.join(names)}")
     if isinstance(variants, str):
         variants = list(VARIANTS) if variants.strip() == "all" else (
             [] if variants.strip() in ("", "none") else [v.strip() for v in variants.split(",") if v.strip()])

@@ -47,8 +47,8 @@ class LSBReport:
                          "lt_score": (held.column("lookalike_score") if held is not None
                                       else pa.array([], pa.float64()))})
 
-    def case_study_frame(self, round_: int, group: str, data) -> pa.Table:
-        """Seeds next to their neighbours, with real ids, texts, true labels and probability vectors."""
+    def case_study_frame(self, round_: int, group: str, data, labels: np.ndarray) -> pa.Table:
+        """Seeds next to their neighbours, with real ids, texts, true ``labels`` and probability vectors."""
         recs = []
         for entry in self.result.case_study if self.result is not None else ():
             s = entry["seed"]
@@ -67,7 +67,7 @@ class LSBReport:
             "seed_text": pa.array(text(seed_rows), pa.string()),
             "neighbor_id": pa.array(data.ids[nb_rows].tolist()), "neighbor_rank": pa.array(rank, pa.int64()),
             "similarity": pa.array(sim, pa.float64()), "lookalike_score": pa.array(lt, pa.float64()),
-            "neighbor_label": pa.array(data.labels[nb_rows], pa.int64()),
+            "neighbor_label": pa.array(labels[nb_rows], pa.int64()),
             "neighbor_probs": matrix_to_list_array(np.asarray(nb_probs, np.float32)),
             "neighbor_text": pa.array(text(nb_rows), pa.string()), "selected": pa.array(sel, pa.bool_()),
         })

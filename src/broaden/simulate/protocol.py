@@ -24,17 +24,19 @@ import pyarrow as pa
 from broaden.classifier import EmbeddingClassifier
 from broaden.io import make_scored_table
 from broaden.metrics import discrepancy as _discrepancy
-from broaden.metrics import evaluate
+from broaden.metrics import evaluate, roc_auc
 from broaden.simulate.data import SimData
 from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
 from broaden.simulate.lsb_report import LSBReport
 from broaden.simulate.oracle import oracle_labels
+from broaden.simulate.scenario import Scenario, labels_after, split_rows
 
 CONFIDENT = 0.7  # "confident error": wrong with max p above this (out of statistical AL's reach)
 TABLE1_METRICS = ("multiclass_loss", "multiclass_loss_ordinal", "multiclass_loss_nominal", "yield",
-                  "confident_yield", "noisy_share", "n_selected")
+                  "confident_yield", "noisy_share", "n_selected", "s_captured", "s_share")
 TABLE2_METRICS = ("auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70", "r_at_p80", "r_at_p90",
-                  "tpr_at_fpr1", "max_beta_variance", "multiclass_loss", "accuracy", "macro_f1")
+                  "tpr_at_fpr1", "max_beta_variance", "multiclass_loss", "accuracy", "macro_f1", "auc_macro",
+                  "s_accuracy", "s_recall", "non_s_accuracy")
 
 
 @dataclass
@@ -59,27 +61,54 @@ class SimConfig:
     qbc_members: int = 3
     classifier: dict = field(default_factory=dict)
     case_study_seeds: int = 20
+    lsb_fill: bool = False            # widen k until the LSB share is filled with candidates passing τ2
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def table2_metrics(labels: np.ndarray, probs: np.ndarray, kind: str) -> tuple[dict, list]:
-    """DESIGN §4 metrics flattened to the result format's names, and the confusion matrix."""
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest AUC over the classes present with both outcomes (equals the binary AUC for C = 2)."""
+    aucs = [roc_auc((labels == c).astype(np.int64), probs[:, c]) for c in range(probs.shape[1])
+            if 0 < (labels == c).sum() < len(labels)]
+    return float(np.mean(aucs)) if aucs else None
+
+
+def subpop_metrics(labels: np.ndarray, probs: np.ndarray, in_s: np.ndarray) -> dict:
+    """Accuracy on S and outside it, and the binary view's recall (positive = label ≠ 0) on S."""
+    pred = probs.argmax(axis=1)
+    right = pred == labels
+    pos = in_s & (labels != 0)
+    return {"s_accuracy": float(right[in_s].mean()) if in_s.any() else None,
+            "s_recall": float(((1 - probs[pos, 0]) >= 0.5).mean()) if pos.any() else None,
+            "non_s_accuracy": float(right[~in_s].mean()) if (~in_s).any() else None}
+
+
+def table2_metrics(labels: np.ndarray, probs: np.ndarray, kind: str,
+                   in_s: np.ndarray | None = None) -> tuple[dict, list]:
+    """DESIGN §4 metrics flattened to the result format's names (plus the macro one-vs-rest AUC and, with a
+    sub-population mask ``in_s``, its metrics), and the confusion matrix."""
     ev = evaluate(labels, probs, discrepancy_kind=kind)
     flat = {"auc": ev["auc"], "f1": ev["f1"]}
     flat.update({f"r_at_p{round(float(k) * 100)}": v for k, v in ev["recall_at_precision"].items()})
     flat["tpr_at_fpr1"] = ev["tpr_at_fpr"]["0.01"]
     for key in ("max_beta_variance", "multiclass_loss", "accuracy", "macro_f1"):
         flat[key] = ev[key]
+    flat["auc_macro"] = macro_auc(labels, probs)
+    if in_s is not None:
+        flat.update(subpop_metrics(labels, probs, in_s))
     return flat, ev["confusion_matrix"]
 
 
-def table1_metrics(true: np.ndarray, given: np.ndarray, probs: np.ndarray, kind: str) -> dict:
-    """Eq. 11 loss (both discrepancy forms), yield and confident-error yield of one selected set."""
+def table1_metrics(true: np.ndarray, given: np.ndarray, probs: np.ndarray, kind: str,
+                   in_s: np.ndarray | None = None, pool_s: int = 0) -> dict:
+    """Eq. 11 loss (both discrepancy forms), yield and confident-error yield of one selected set; with a
+    sub-population mask over the selection, the share of S's pool items it captured and S's share of it."""
     pred = probs.argmax(axis=1)
     wrong = pred != true
-    return {
+    s_stats = {} if in_s is None else {"s_captured": float(in_s.sum() / pool_s) if pool_s else None,
+                                       "s_share": float(in_s.mean()) if len(in_s) else None}
+    return {**s_stats, 
         "multiclass_loss": float(_discrepancy(true, probs, kind).mean()),
         "multiclass_loss_ordinal": float(_discrepancy(true, probs, "ordinal").mean()),
         "multiclass_loss_nominal": float(_discrepancy(true, probs, "nominal").mean()),
@@ -91,11 +120,17 @@ def table1_metrics(true: np.ndarray, given: np.ndarray, probs: np.ndarray, kind:
 
 
 class Snapshot:
-    """A trained model with its labelled and pool rows; scores are computed once and shared by groups."""
+    """A trained model with its labelled and pool rows; scores are computed once and shared by groups.
+
+    LSB seeds come from ``recent`` rows with ``recent_probs`` — the latest labelled partition scored
+    out-of-sample by the model that was deployed when it was labelled (scenarios) — or, without them,
+    from every labelled row scored by K-fold cross-validation (the i.i.d. protocol).
+    """
 
     def __init__(self, run: RepeatRun, model: EmbeddingClassifier, labeled: np.ndarray, pool: np.ndarray,
-                 round_: int):
+                 round_: int, recent: np.ndarray | None = None, recent_probs: np.ndarray | None = None):
         self.run, self.model, self.labeled, self.pool, self.round = run, model, labeled, pool, round_
+        self.recent, self.recent_probs = recent, recent_probs
 
     @cached_property
     def pool_probs(self) -> np.ndarray:
@@ -127,8 +162,10 @@ class Snapshot:
         return t
 
     def labeled_table(self, latent: str) -> pa.Table:
-        return make_scored_table(self.labeled.astype(np.int64), self.labeled_oof_probs,
-                                 self.latent(latent, self.labeled), self.run.given[self.labeled])
+        """What LSB seeds and fits the Lookalike model on (class docstring)."""
+        rows, probs = ((self.labeled, self.labeled_oof_probs) if self.recent is None
+                       else (self.recent, self.recent_probs))
+        return make_scored_table(rows.astype(np.int64), probs, self.latent(latent, rows), self.run.given[rows])
 
 
 @dataclass
@@ -146,11 +183,14 @@ class RepeatRun:
     """State of one repeat: oracle labels, the initial split, one model trajectory per group."""
 
     def __init__(self, data: SimData, cfg: SimConfig, groups: list[GroupSpec], repeat: int,
-                 confusion: np.ndarray | None):
+                 confusion: np.ndarray | None, scenario: Scenario | None = None, subpop: np.ndarray | None = None):
         self.data, self.cfg, self.groups, self.repeat = data, cfg, groups, repeat
+        self.scenario = scenario or Scenario()
+        self.subpop = subpop
         self.seed = cfg.seed + repeat
-        self.given = oracle_labels(data.labels, confusion, seed=self.seed + 7919)
-        self.given[data.is_test] = data.labels[data.is_test]  # the evaluation split stays gold
+        self.truth = labels_after(data, self.scenario, subpop)  # the labels once the scenario has happened
+        self.given = oracle_labels(self.truth, confusion, seed=self.seed + 7919)
+        self.given[data.is_test] = self.truth[data.is_test]  # the evaluation split stays gold
         self.kind = data.discrepancy
 
     # --------------------------------------------------------------------------------- models
@@ -228,7 +268,7 @@ class RepeatRun:
     def _lsb_mix(self, spec: GroupSpec) -> tuple[dict, dict]:
         """LSB's share first, then Stat-AL's three scores in equal parts of the rest, as one select() mix."""
         cfg = self.cfg
-        share = cfg.lsb_share
+        share = cfg.lsb_share if spec.lsb_share is None else spec.lsb_share
         stat = (1.0 - share) / 3
         mix = {self.lsb_strategy(spec): share, "least_confident": stat, "margin": stat, "entropy": stat}
         # τ2 = 0 fits and scores LT without filtering (a sigmoid is > 0): LT-ranked neighbours.
@@ -236,70 +276,84 @@ class RepeatRun:
         options = {"seeds": cfg.seeds, "seed_threshold": cfg.seed_threshold, "k": cfg.k,
                    "lookalike_threshold": tau2, "index": cfg.index, "discrepancy": spec.discrepancy or self.kind,
                    "denoise": spec.denoise, "rank_by": spec.rank_by, "save_index": False,
-                   "case_study": cfg.case_study_seeds, "show_progress": False}
+                   "case_study": cfg.case_study_seeds, "show_progress": False, "fill": cfg.lsb_fill}
         return mix, options
 
     # ------------------------------------------------------------------------------------ run
     def run(self) -> tuple[dict, dict[str, list[pa.Table]]]:
         """Run every round for every group; returns the repeat record and the per-repeat tables."""
         start = time.perf_counter()
-        data, cfg = self.data, self.cfg
-        rng = np.random.default_rng(self.seed)
-        train_rows = np.flatnonzero(~data.is_test)
-        test_rows = np.flatnonzero(data.is_test)
-        if cfg.initial + cfg.budget * cfg.rounds > len(train_rows):
-            from broaden.errors import BroadenError
-
-            raise BroadenError(f"{data.name}: {len(train_rows)} training rows cannot hold {cfg.initial} initial "
-                               f"labels plus {cfg.rounds} round(s) of budget {cfg.budget}")
-        initial = np.sort(rng.choice(train_rows, cfg.initial, replace=False))
-        pool = np.setdiff1d(train_rows, initial)
-        if cfg.pool_size and cfg.pool_size < len(pool):
-            pool = np.sort(rng.choice(pool, cfg.pool_size, replace=False))
-        snapshot = Snapshot(self, self.fit(initial, self.model_seed(0)), initial, pool, 1)
-        test_X, test_y = data.features[test_rows], data.labels[test_rows]
-        init_probs = snapshot.model.predict_proba(test_X)
-        initial_metrics, _ = table2_metrics(test_y, init_probs, self.kind)
+        data, cfg, sc = self.data, self.cfg, self.scenario
+        split = split_rows(data, sc, self.subpop, initial=cfg.initial, needed_pool=cfg.budget * cfg.rounds,
+                           pool_size=cfg.pool_size, rng=np.random.default_rng(self.seed))
+        initial, recent, test_rows = split.initial, split.recent, split.test
+        in_s = self.subpop if self.subpop is not None else None
+        if sc.kind == "drift":
+            stale = initial[in_s[initial]]
+            self.given[stale] = data.labels[stale]  # labelled before the change: the old label stays
+        model0 = self.fit(initial, self.model_seed(0))
+        labeled = np.sort(np.concatenate([initial, recent]))
+        recent_probs = model0.predict_proba(data.features[recent]) if len(recent) else None
+        snapshot = Snapshot(self, model0, labeled, split.pool, 1, recent if len(recent) else None, recent_probs)
+        # The fair control: the same model refit with the recent labels every group receives (DESIGN §3a).
+        refit = (Snapshot(self, self.fit(labeled, self.model_seed(0)), labeled, split.pool, 1,
+                          snapshot.recent, recent_probs)
+                 if len(recent) and any(g.refit for g in self.groups) else snapshot)
+        test_X, test_y = data.features[test_rows], self.truth[test_rows]
+        test_s = None if in_s is None else in_s[test_rows]
+        init_probs = model0.predict_proba(test_X)
+        initial_metrics, _ = table2_metrics(test_y, init_probs, self.kind, test_s)
         frames: dict[str, list[pa.Table]] = {"selections": [], "test_predictions": [], "lookalike": [],
-                                             "case_study": [], "initial": [pa.table({
-                                                 "id": pa.array(data.ids[initial].tolist()),
-                                                 "label": pa.array(data.labels[initial], pa.int64()),
-                                                 "oracle_label": pa.array(self.given[initial], pa.int64())})]}
+                                             "case_study": [], "initial": [self._initial_frame(initial, recent)]}
         frames["test_predictions"].append(self._predictions("Initial", test_rows, init_probs))
-        current = {g.name: snapshot for g in self.groups}
+        current = {g.name: (refit if g.refit else snapshot) for g in self.groups}
         rounds = []
         for r in range(1, cfg.rounds + 1):
             per_group, next_snaps = {}, {}
             for spec in self.groups:
                 snap = current[spec.name]
                 sel = self.select(spec, snap)
-                t1 = table1_metrics(data.labels[sel.rows], self.given[sel.rows], sel.probs, self.kind)
+                pool_s = int(in_s[snap.pool].sum()) if in_s is not None else 0
+                t1 = table1_metrics(self.truth[sel.rows], self.given[sel.rows], sel.probs, self.kind,
+                                    None if in_s is None else in_s[sel.rows], pool_s)
                 labeled = np.sort(np.concatenate([snap.labeled, sel.rows]))
                 model = self.fit(labeled, self.model_seed(r))
                 probs = model.predict_proba(test_X)
-                t2, cm = table2_metrics(test_y, probs, self.kind)
+                t2, cm = table2_metrics(test_y, probs, self.kind, test_s)
                 per_group[spec.name] = {"table1": t1, "table2": t2, "confusion_matrix": cm,
                                         "n_labeled": int(len(labeled)),
                                         "lookalike": None if sel.lsb is None else sel.lsb.summary}
                 frames["selections"].append(self._selection_frame(r, spec.name, sel))
                 if sel.lsb is not None:
                     frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, data.ids))
-                    frames["case_study"].append(sel.lsb.case_study_frame(r, spec.name, data))
+                    frames["case_study"].append(sel.lsb.case_study_frame(r, spec.name, data, self.truth))
                 if r == cfg.rounds:
                     frames["test_predictions"].append(self._predictions(spec.name, test_rows, probs))
-                next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1)
+                # With a recent partition, the next round seeds from this round's batch, scored by the model
+                # that selected it (out-of-sample), as a deployed model scores each new labelled partition.
+                nxt = (sel.rows, sel.probs) if snap.recent is not None else (None, None)
+                next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1, *nxt)
             current = next_snaps
             rounds.append({"round": r, "groups": per_group})
         record = {"repeat": self.repeat, "seed": self.seed, "initial": initial_metrics, "rounds": rounds,
                   "seconds": round(time.perf_counter() - start, 2)}
         return record, frames
 
+    def _initial_frame(self, initial: np.ndarray, recent: np.ndarray) -> pa.Table:
+        rows = np.concatenate([initial, recent])
+        return pa.table({"id": pa.array(self.data.ids[rows].tolist()),
+                         "label": pa.array(self.truth[rows], pa.int64()),
+                         "oracle_label": pa.array(self.given[rows], pa.int64()),
+                         "part": pa.array(["initial"] * len(initial) + ["recent"] * len(recent), pa.string()),
+                         "in_subpop": pa.array(self.subpop[rows] if self.subpop is not None
+                                               else np.zeros(len(rows), bool), pa.bool_())})
+
     # ---------------------------------------------------------------------------- frames
     def _predictions(self, group: str, rows: np.ndarray, probs: np.ndarray) -> pa.Table:
         from broaden.io import matrix_to_list_array
 
         return pa.table({"group": [group] * len(rows), "id": pa.array(self.data.ids[rows].tolist()),
-                         "label": pa.array(self.data.labels[rows], pa.int64()),
+                         "label": pa.array(self.truth[rows], pa.int64()),
                          "probs": matrix_to_list_array(probs)})
 
     def _selection_frame(self, round_: int, group: str, sel: Selection) -> pa.Table:
@@ -314,7 +368,7 @@ class RepeatRun:
             "strategy": pa.array(sel.strategy.tolist(), pa.string()),
             "score": pa.array(sel.score, pa.float64()),
             "rank": pa.array(sel.rank, pa.int64()),
-            "label": pa.array(self.data.labels[sel.rows], pa.int64()),
+            "label": pa.array(self.truth[sel.rows], pa.int64()),
             "oracle_label": pa.array(self.given[sel.rows], pa.int64()),
             "probs": matrix_to_list_array(sel.probs),
             "seed_id": pa.array(seed_ids, type=pa.array(self.data.ids[:1].tolist()).type),

@@ -115,6 +115,12 @@ ROUND_COLUMNS = (("MC loss", "table1", "multiclass_loss"), ("yield", "table1", "
                  ("Acc", "table2", "accuracy"), ("macro-F1", "table2", "macro_f1"))
 VERSUS_COLUMNS = (("table1", "multiclass_loss", "Δ MC loss"), ("table1", "yield", "Δ yield"),
                   ("table2", "auc", "Δ AUC"), ("table2", "accuracy", "Δ Acc"), ("table2", "macro_f1", "Δ macro-F1"))
+SUBPOP_COLUMNS = (("S captured", "table1", "s_captured"), ("S share", "table1", "s_share"),
+                  ("conf. yield", "table1", "confident_yield"), ("S acc", "table2", "s_accuracy"),
+                  ("S recall", "table2", "s_recall"), ("non-S acc", "table2", "non_s_accuracy"),
+                  ("Acc", "table2", "accuracy"), ("AUC macro", "table2", "auc_macro"))
+SUBPOP_VERSUS = (("table1", "s_captured", "Δ S captured"), ("table2", "s_accuracy", "Δ S acc"),
+                 ("table2", "non_s_accuracy", "Δ non-S acc"))
 
 
 def _pm(summary: dict) -> str:
@@ -164,9 +170,20 @@ def print_tables(results: dict, console=None) -> None:
                     ((group, *(fmt(info[f]["mean"], 1) for f in counts), fmt(info["auc"]["mean"]),
                       fmt(info["threshold"], 2)) for group, info in results["lookalike"].items()),
                     console=console)
+    subpop = cfg.get("subpop_size")
+    if subpop:
+        scenario = cfg.get("scenario") or {}
+        print_table(f"Sub-population S ({scenario.get('kind')}: {scenario.get('subpop')}, {subpop} items, "
+                    f"{cfg.get('subpop_test')} in test): share of S's pool items selected in round 1 and test "
+                    f"metrics after {cfg.get('rounds', 1)} round(s), mean ± std",
+                    ["group", *(name for name, *_ in SUBPOP_COLUMNS)],
+                    ((group, *(_pm((results["table1"] if t == "table1" else results["table2"])[group][m])
+                               for _, t, m in SUBPOP_COLUMNS)) for group in results["groups"]),
+                    console=console)
     if results["paired_tests"]:
+        versus = VERSUS_COLUMNS + (SUBPOP_VERSUS if subpop else ())
         print_table(f"vs {results['reference_group']}: mean difference (wins/repeats, Wilcoxon p)",
-                    ["group", *(name for *_, name in VERSUS_COLUMNS)],
-                    ((group, *(_versus(tests[t][m]) for t, m, _ in VERSUS_COLUMNS))
+                    ["group", *(name for *_, name in versus)],
+                    ((group, *(_versus(tests[t][m]) for t, m, _ in versus))
                      for group, tests in results["paired_tests"].items()),
                     console=console)

@@ -22,8 +22,10 @@ from broaden.simulate.data import SimData, load_own_data, load_sim_data, own_dat
 from broaden.simulate.groups import build_groups
 from broaden.simulate.oracle import check_confusion, load_confusion, noise_confusion
 from broaden.simulate.protocol import RepeatRun, SimConfig
+from broaden.simulate.scenario import Scenario, class_index, describe, print_clusters, subpopulation
 from broaden.simulate.results import FORMAT_VERSION, aggregate, print_tables, write_results
 
+SUBPOP_FILE = "subpop.parquet"
 DEMO_DEFAULTS = {"dataset": "clickbait", "max_items": 8000, "initial": 500, "budget": 500, "rounds": 1,
                  "repeats": 1}
 
@@ -44,6 +46,27 @@ def _data_digest(data: SimData) -> str:
     h.update(data.labels.tobytes())
     h.update(data.is_test.tobytes())
     return h.hexdigest()[:16]
+
+
+def _ids_digest(ids) -> str:
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def _subpop_mask(data: SimData, spec: str, out: Path) -> np.ndarray:
+    """S as a row mask: read back from a resumed run's id list, else computed from ``spec`` (DESIGN §3a:
+    k-means ids shuffle between processes, so a run never recomputes the S it started with)."""
+    saved = out / SUBPOP_FILE
+    try:
+        old = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    if saved.is_file() and (old.get("scenario") or {}).get("subpop") == spec \
+            and old.get("data_digest") == _data_digest(data):
+        from broaden.io import read_table
+
+        wanted = {str(i) for i in read_table(saved).column("id").to_pylist()}
+        return np.asarray([str(i) in wanted for i in data.ids], dtype=bool)
+    return subpopulation(data, spec)
 
 
 def _confusion(label_noise: float, confusion, num_classes: int) -> np.ndarray | None:
@@ -117,6 +140,12 @@ def simulate(
     cache_dir: str | os.PathLike | None = None,
     classifier: dict | None = None,
     index: str = "flat",
+    scenario: str = "iid",
+    subpop: str | None = None,
+    relabel_to: str | int | None = None,
+    recent: int = 0,
+    recent_subpop: int = 0,
+    lsb_fill: bool = False,
     print_results: bool = True,
     progress: bool = True,
 ) -> dict:
@@ -124,7 +153,9 @@ def simulate(
 
     ``dataset`` is a registered name (features from the cached frozen encoder), a CSV / JSONL / Parquet
     file (:func:`load_own_data` with ``data_options``; ``class_groups`` then merges classes) or a ready
-    :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring).
+    :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring). ``scenario``,
+    ``subpop``, ``relabel_to``, ``recent`` and ``recent_subpop`` set where broadening can pay off
+    (:mod:`broaden.simulate.scenario`); ``lsb_fill`` widens k until every LSB share is filled.
     """
     from rich.console import Console
 
@@ -155,13 +186,22 @@ def simulate(
     data_source = {**({"data_file": str(data_file), "data_sha256": sha256_file(data_file),
                        "data_options": dict(data_options or {})} if data_file is not None else {}),
                    **({"class_groups": [list(g) for g in class_groups]} if class_groups else {})}
+    out = Path(out)
+    if subpop and subpop.startswith("kmeans:") and subpop.count(":") == 2:
+        print_clusters(data, subpop, console=log if progress else None)
+        raise SimulationError(f"--subpop {subpop} lists the clusters; choose one as {subpop}:CLUSTER")
+    target = None if relabel_to is None else class_index(data, str(relabel_to))
+    sc = Scenario(scenario, subpop, target, recent, recent_subpop)
+    mask = _subpop_mask(data, subpop, out) if subpop else None
+    if mask is not None:
+        log.print(describe(data, subpop, mask))
     matrix = _confusion(label_noise, confusion, data.num_classes)
     group_specs = build_groups(latent=latent, denoise=denoise, variants=variants,
                                dataset_discrepancy=data.discrepancy, num_classes=data.num_classes, include=groups)
     cfg = SimConfig(budget=budget, initial=initial, lsb_share=lsb_share, rounds=rounds, repeats=repeats, seed=seed,
                     label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
                     seeds=seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
-                    index=index, pool_size=pool_size, classifier=dict(classifier or {}))
+                    index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill)
     config = {
         "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,
@@ -170,11 +210,16 @@ def simulate(
         "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
         "n_train": int((~data.is_test).sum()), "n_test": int(data.is_test.sum()), "data_digest": _data_digest(data),
         **data_source,
+        "scenario": sc.to_dict(),
     }
+    if mask is not None:
+        config.update(subpop_size=int(mask.sum()), subpop_test=int((mask & data.is_test).sum()),
+                      subpop_digest=_ids_digest(data.ids[mask]))
     config["config_hash"] = digest = config_hash(config)
-    out = Path(out)
     _check_folder(out, config)
     write_text(json.dumps(to_jsonable(config), indent=1), out / "config.json")
+    if mask is not None:
+        write_table(pa.table({"id": pa.array(data.ids[mask].tolist())}), out / SUBPOP_FILE)
 
     records = []
     for r in range(repeats):
@@ -185,7 +230,7 @@ def simulate(
             records.append(done)
             continue
         log.print(f"repeat {r + 1}/{repeats}: {len(group_specs)} groups × {rounds} round(s) …")
-        record, frames = RepeatRun(data, cfg, group_specs, r, matrix).run()
+        record, frames = RepeatRun(data, cfg, group_specs, r, matrix, sc, mask).run()
         for name, parts in frames.items():
             parts = [p for p in parts if p.num_rows]
             if parts:

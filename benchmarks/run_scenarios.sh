@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Where broadening pays off (issue 18, DESIGN §3a): drift and blind-spot scenarios next to i.i.d. data, with
+# the fair control (Stat-AL on the snapshot refit with the recent batch), K = 8 paired repeats.
+# Usage: benchmarks/run_scenarios.sh [OUT_ROOT] [DATASET ...]   (datasets: clickbait ag_news mnist)
+# Each run holds /tmp/broaden-heavy.lock and is resumable (finished repeats are reused).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT_ROOT=${1:-runs/scenarios}
+shift || true
+DATASETS=("$@")
+[ ${#DATASETS[@]} -eq 0 ] && DATASETS=(clickbait ag_news mnist)
+BROADEN=${BROADEN:-.venv/bin/broaden}
+REPEATS=${REPEATS:-8}
+GROUPS_ARG="Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"
+COMMON=(--budget 500 --initial 1000 --recent 300 --k 10 --lookalike-threshold 0.5 --lsb-fill
+        --repeats "$REPEATS" --groups "$GROUPS_ARG")
+
+sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAME
+  local name=$1; shift
+  echo "== $name: broaden simulate $* --out $OUT_ROOT/$name"
+  /usr/bin/time -f "$name: %e s wall, %U s user, %M KB peak RSS" \
+    flock /tmp/broaden-heavy.lock "$BROADEN" simulate "$@" "${COMMON[@]}" --out "$OUT_ROOT/$name"
+}
+
+for ds in "${DATASETS[@]}"; do
+  case $ds in
+    clickbait)  # S: the quiz/personality cluster of clickbait headlines (k-means of class 1, cluster 7 of 8)
+      S=(--dataset clickbait --subpop kmeans:1:8:7); DRIFT_TO=0; DATA=(--dataset clickbait) ;;
+    ag_news)    # S: space and astronomy stories of Sci/Tech; drift moves them to World
+      S=(--dataset ag_news --subpop 'keyword:Tech:\b(nasa|space|mars|moon|orbit\w*|astronaut\w*|shuttle|planet\w*|telescope|spacecraft|rocket\w*|comet|asteroid|saturn|cassini)\b')
+      DRIFT_TO=World; DATA=(--dataset ag_news) ;;
+    mnist)      # 0-4 vs 5-9 (binary); S: the digit 4, which drift moves to the 5-9 side
+      S=(--dataset mnist --class-groups 0,1,2,3,4:5,6,7,8,9 --subpop column:orig_label=4); DRIFT_TO=1
+      DATA=(--dataset mnist --class-groups 0,1,2,3,4:5,6,7,8,9) ;;
+    *) echo "unknown dataset $ds (clickbait ag_news mnist)" >&2; exit 2 ;;
+  esac
+  sim "$ds-drift" "${S[@]}" --scenario drift --relabel-to "$DRIFT_TO" --recent-subpop 20
+  sim "$ds-blindspot" "${S[@]}" --scenario blindspot --recent-subpop 20
+  sim "$ds-iid" "${DATA[@]}" --scenario iid
+done
