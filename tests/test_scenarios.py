@@ -192,3 +192,14 @@ def test_resume_reads_s_back_and_cli_lists_clusters(drift_run, tmp_path, capsys)
     assert sorted(r["size"] for r in rows) == sorted(np.bincount(data.cluster)[[1, 3, 4]])
     assert any(r["top_terms"][:2] == ["galaxy", "orbit"] or set(r["top_terms"][:2]) == {"galaxy", "orbit"}
                for r in rows)
+
+
+def test_the_refit_control_is_a_second_reference(drift_run):
+    _, _, results = drift_run
+    by_ref = results["paired_tests_by_reference"]
+    assert set(by_ref) == {"Stat-AL", "Stat-AL (refit)"} and by_ref["Stat-AL"] == results["paired_tests"]
+    vs = by_ref["Stat-AL (refit)"]["Stat-AL+LSB-LT@0.5"]["table2"]["s_accuracy"]
+    a = results["table2"]["Stat-AL+LSB-LT@0.5"]["s_accuracy"]["values"]
+    b = results["table2"]["Stat-AL (refit)"]["s_accuracy"]["values"]
+    assert vs["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert vs["n"] == len(a) and "Stat-AL (refit)" not in by_ref["Stat-AL (refit)"]
