@@ -75,10 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="recent labelled batch from outside S, scored out-of-sample by the snapshot: LSB seeds "
                     "and the Lookalike model come from it (0: seeds from the initial set, i.i.d. protocol)")
     sc.add_argument("--recent-subpop", type=int, default=0, metavar="N", help="items of S in the recent batch")
+    p.add_argument("--validation", type=int, default=500, metavar="N",
+                   help="Auto group only: labelled pool items held out to measure each strategy's value on (%(default)s)")
     p.add_argument("--groups", default=None,
                    help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
-                   "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5)")
+                   "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5); 'Auto' "
+                   "lets --strategy auto choose the mix each round")
     p.add_argument("--pool-size", type=int, default=None, help="subsample the pool per repeat")
     p.add_argument("--max-items", type=int, default=None, help="stratified subsample of the dataset")
     p.add_argument("--encoder", default=None, help="local HF text encoder folder (default all-MiniLM-L6-v2)")
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         data_options=_data_options(args), class_groups=_class_groups(args.class_groups) if args.class_groups else None,
         cache_dir=args.cache_dir, index=args.index, progress=not args.quiet, scenario=args.scenario,
         subpop=args.subpop, relabel_to=args.relabel_to, recent=args.recent, recent_subpop=args.recent_subpop,
-        lsb_fill=args.lsb_fill,
+        lsb_fill=args.lsb_fill, validation=args.validation,
         classifier={"hidden": (args.hidden,),
                     "class_weight": None if args.class_weight == "none" else args.class_weight},
     )

@@ -14,6 +14,8 @@ Mix semantics (``"entropy:0.6,margin:0.2,random:0.2"`` or ``{"entropy": 0.6, ...
   before the budget is filled, that is an error naming the shortfall.
 * Pool rows that already carry a label (a non-null, non-negative value in the label column) are
   excluded like ``exclude``: their label is known, so selecting them would waste budget.
+* ``auto`` stands for the mix the measurements call for (:mod:`broaden.auto.strategy`): Stat-AL and, with a
+  labelled set, LSB-LT in shares set by the error-clustering diagnostic and each strategy's measured value.
 * A budget larger than the eligible pool (rows minus excluded ids) is an error that says so.
 
 The output has ``id``, ``strategy``, ``score``, ``rank`` (1 = the strategy's best pick), the provenance
@@ -134,6 +136,11 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         raise SelectionError(f"batch size must be a positive integer, got {batch_size!r}")
     if out is not None:
         check_writable(out)  # a bad --out fails now, not after the pool scans
+    auto_report = None
+    if isinstance(strategy, str) and strategy.strip() == "auto":
+        from broaden.auto.strategy import resolve_auto
+
+        strategy, auto_report = resolve_auto(labeled, options, columns=columns, seed=seed)
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = _as_idset(exclude, columns)
@@ -142,6 +149,8 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         user_exclude = user_exclude.union(known)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
                         options=dict(options), batch_size=batch_size, engine=engine)
+    if auto_report is not None:
+        ctx.reports["auto"] = auto_report
     for s in strategies:
         check_labeled(s, ctx)
 

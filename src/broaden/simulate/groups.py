@@ -24,7 +24,7 @@ class GroupError(BroadenError, ValueError):
 class GroupSpec:
     """How one group spends its budget.
 
-    ``kind``: random | stat | hw | qbc | lsb. LSB groups take ``lsb_share`` of the budget from broadening
+    ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round). LSB groups take ``lsb_share`` of the budget from broadening
     (``lookalike``: keep only neighbours with LT score > τ2) and fill the rest with Stat-AL. ``latent``:
     ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output. ``discrepancy`` None means
     the dataset's own kind. ``rank_by`` orders the neighbours when there are more than the share (a rank
@@ -76,12 +76,12 @@ def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
     refit = stem.endswith(REFIT_SUFFIX)
     stem = stem[:-len(REFIT_SUFFIX)].rstrip() if refit else stem
     if stem not in base:
-        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, optionally with "
+        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, optionally with "
                          f"'{REFIT_SUFFIX}' (not for LSB groups) or '@SHARE' (LSB groups only)")
     spec = base[stem]
     if share is not None and spec.kind != "lsb":
         raise GroupError(f"{name!r}: only LSB groups take a share (@S)")
-    if refit and spec.kind in ("lsb", "random"):
+    if refit and spec.kind in ("lsb", "random", "auto"):
         raise GroupError(f"{name!r}: '{REFIT_SUFFIX}' applies to Stat-AL, HW and QBC; LSB seeds must be scored "
                          "out-of-sample by the snapshot, and Random uses no model")
     if share is None and not refit:
@@ -113,6 +113,8 @@ def build_groups(
         "Stat-AL+LSB-LT": GroupSpec("Stat-AL+LSB-LT", "lsb", lookalike=True, latent=latent, denoise=denoise),
         "HW": GroupSpec("HW", "hw"),
         "QBC": GroupSpec("QBC", "qbc"),
+        # Not in the default list: it holds out a validation sample from the pool to measure values on.
+        "Auto": GroupSpec("Auto", "auto", lookalike=True, latent=latent, denoise=denoise),
     }
     names = list(BASE_ORDER) if include is None else list(include)
     if REFERENCE_GROUP not in names:

@@ -62,6 +62,7 @@ class SimConfig:
     classifier: dict = field(default_factory=dict)
     case_study_seeds: int = 20
     lsb_fill: bool = False            # widen k until the LSB share is filled with candidates passing τ2
+    validation: int = 500             # Auto only: pool items held out (labelled) to measure strategy values on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -177,6 +178,7 @@ class Selection:
     probs: np.ndarray
     provenance: dict
     lsb: LSBReport | None = None
+    auto: dict | None = None          # select()'s "auto" report: allocation and diagnosis
 
 
 class RepeatRun:
@@ -192,6 +194,8 @@ class RepeatRun:
         self.given = oracle_labels(self.truth, confusion, seed=self.seed + 7919)
         self.given[data.is_test] = self.truth[data.is_test]  # the evaluation split stays gold
         self.kind = data.discrepancy
+        self.auto_history: dict[str, list[dict]] = {g.name: [] for g in groups if g.kind == "auto"}
+        self.validation = np.empty(0, dtype=np.int64)
 
     # --------------------------------------------------------------------------------- models
     def fit(self, rows: np.ndarray, seed: int, sample: np.ndarray | None = None) -> EmbeddingClassifier:
@@ -243,6 +247,9 @@ class RepeatRun:
         elif spec.kind == "lsb":
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = self._lsb_mix(spec)
+        elif spec.kind == "auto":
+            pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
+            mix, options = "auto", {**self._lsb_mix(spec)[1], "auto_history": self.auto_history[spec.name]}
         else:  # pragma: no cover - GroupSpec kinds are fixed
             raise ValueError(spec.kind)
         table, reports = select(pool, mix, B, seed=seed, labeled=labeled, return_details=True, **options)
@@ -251,19 +258,20 @@ class RepeatRun:
         prov = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * len(rows))
                 for c in ("seed_id", "similarity", "lookalike_score")}
         lsb_report = None
-        if spec.kind == "lsb":
+        if spec.kind in ("lsb", "auto"):
             name = self.lsb_strategy(spec)
             lsb_report = LSBReport.of(reports.get(name), threshold=options["lookalike_threshold"],
                                       n_selected=int((strategy == name).sum()), picked=rows[strategy == name])
         pos = np.searchsorted(snap.pool, rows)  # the pool is sorted: row index -> position
-        return Selection(rows=rows, strategy=strategy,
+        auto = reports.get("auto")
+        return Selection(rows=rows, strategy=strategy, auto=auto,
                          score=table.column("score").to_numpy(zero_copy_only=False).astype(float),
                          rank=table.column("rank").to_numpy().astype(np.int64),
                          probs=snap.pool_probs[pos], provenance=prov, lsb=lsb_report)
 
     @staticmethod
     def lsb_strategy(spec: GroupSpec) -> str:
-        return "lsb-lt" if spec.lookalike or spec.rank_by == "lookalike" else "lsb"
+        return "lsb-lt" if spec.kind == "auto" or spec.lookalike or spec.rank_by == "lookalike" else "lsb"
 
     def _lsb_mix(self, spec: GroupSpec) -> tuple[dict, dict]:
         """LSB's share first, then Stat-AL's three scores in equal parts of the rest, as one select() mix."""
@@ -287,6 +295,11 @@ class RepeatRun:
         split = split_rows(data, sc, self.subpop, initial=cfg.initial, needed_pool=cfg.budget * cfg.rounds,
                            pool_size=cfg.pool_size, rng=np.random.default_rng(self.seed))
         initial, recent, test_rows = split.initial, split.recent, split.test
+        if self.auto_history:
+            # Values are measured on labelled items no group selects or trains on (never on the test split).
+            n_val = min(cfg.validation, len(split.pool) - cfg.budget * cfg.rounds)
+            self.validation = np.sort(np.random.default_rng(self.seed + 4242).choice(split.pool, n_val, replace=False))
+            split.pool = np.setdiff1d(split.pool, self.validation)
         in_s = self.subpop if self.subpop is not None else None
         if sc.kind == "drift":
             stale = initial[in_s[initial]]
@@ -303,6 +316,7 @@ class RepeatRun:
         test_s = None if in_s is None else in_s[test_rows]
         init_probs = model0.predict_proba(test_X)
         initial_metrics, _ = table2_metrics(test_y, init_probs, self.kind, test_s)
+        diagnosis = self._diagnosis(snapshot)
         frames: dict[str, list[pa.Table]] = {"selections": [], "test_predictions": [], "lookalike": [],
                                              "case_study": [], "initial": [self._initial_frame(initial, recent)]}
         frames["test_predictions"].append(self._predictions("Initial", test_rows, init_probs))
@@ -323,6 +337,8 @@ class RepeatRun:
                 per_group[spec.name] = {"table1": t1, "table2": t2, "confusion_matrix": cm,
                                         "n_labeled": int(len(labeled)),
                                         "lookalike": None if sel.lsb is None else sel.lsb.summary}
+                if spec.kind == "auto":
+                    per_group[spec.name]["auto"] = self._measure(spec, sel, labeled)
                 frames["selections"].append(self._selection_frame(r, spec.name, sel))
                 if sel.lsb is not None:
                     frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, data.ids))
@@ -336,8 +352,33 @@ class RepeatRun:
             current = next_snaps
             rounds.append({"round": r, "groups": per_group})
         record = {"repeat": self.repeat, "seed": self.seed, "initial": initial_metrics, "rounds": rounds,
+                  "diagnosis": diagnosis,
                   "seconds": round(time.perf_counter() - start, 2)}
         return record, frames
+
+    def _diagnosis(self, snap: Snapshot) -> dict | None:
+        """The error-clustering diagnostic of the labelled partition LSB seeds from (round 1)."""
+        from broaden.auto import diagnose
+
+        specs = [g for g in self.groups if g.kind in ("lsb", "auto")]
+        if not specs:
+            return None
+        return diagnose(snap.labeled_table(specs[0].latent), seed_threshold=self.cfg.seed_threshold,
+                        discrepancy=self.kind, seed=self.seed).to_dict()
+
+    def _measure(self, spec: GroupSpec, sel: Selection, labeled: np.ndarray) -> dict:
+        """Leave-one-arm-out value of this round's batch on the validation sample; feeds the next allocation."""
+        from broaden.auto.allocate import arm_of
+        from broaden.auto.value import strategy_values
+
+        arm = {int(r): arm_of(s) for r, s in zip(sel.rows, sel.strategy)}
+        values = strategy_values(self.data.features[labeled], self.given[labeled], [arm.get(int(r)) for r in labeled],
+                                 self.data.features[self.validation], self.given[self.validation],
+                                 num_classes=self.data.num_classes, seed=self.seed)
+        self.auto_history[spec.name].append({a: v["value"] for a, v in values.items()})
+        alloc, diag = sel.auto["allocation"], sel.auto["diagnosis"]
+        return {"shares": alloc.shares, "reasons": alloc.reasons, "values": values,
+                "verdict": None if diag is None else diag.verdict, "lift": None if diag is None else diag.lift}
 
     def _initial_frame(self, initial: np.ndarray, recent: np.ndarray) -> pa.Table:
         rows = np.concatenate([initial, recent])

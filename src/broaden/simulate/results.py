@@ -61,6 +61,23 @@ def aggregate(config: dict, records: list[dict], groups: list[str], out: Path) -
         if any(i is not None for i in infos):
             lookalike[g] = {f: summarize([(i or {}).get(f) for i in infos]) for f in LOOKALIKE_FIELDS}
             lookalike[g]["threshold"] = next(i for i in infos if i is not None).get("threshold")
+    diagnoses = [r.get("diagnosis") for r in records if r.get("diagnosis")]
+    diagnosis = None
+    if diagnoses:
+        verdicts = [d["verdict"] for d in diagnoses]
+        diagnosis = {f: summarize([d.get(f) for d in diagnoses])
+                     for f in ("lift", "confident_share", "lt_auc", "n_bad", "base_rate")}
+        diagnosis["verdicts"] = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    auto = {}
+    for g in groups:
+        per_round = [[r["rounds"][i]["groups"][g].get("auto") for r in records] for i in range(n_rounds)]
+        if any(a for rnd in per_round for a in rnd):
+            arms = sorted({arm for rnd in per_round for a in rnd if a for arm in a["shares"]})
+            auto[g] = [{"round": i + 1,
+                        "shares": {arm: summarize([(a or {}).get("shares", {}).get(arm) for a in rnd]) for arm in arms},
+                        "values": {arm: summarize([((a or {}).get("values", {}).get(arm) or {}).get("value")
+                                                   for a in rnd]) for arm in arms}}
+                       for i, rnd in enumerate(per_round)]
     final = records[-1]["rounds"][last]["groups"]
     files = {"repeats": [f"repeats/repeat-{r['repeat']:03d}.json" for r in records]}
     for name in FRAME_NAMES:
@@ -70,7 +87,7 @@ def aggregate(config: dict, records: list[dict], groups: list[str], out: Path) -
         "format_version": FORMAT_VERSION, "config": config, "repeats_done": [r["repeat"] for r in records],
         "groups": groups, "reference_group": ref, "table1": table1, "table2": table2, "paired_tests": tests,
         "paired_tests_by_reference": by_reference,
-        "rounds": rounds, "lookalike": lookalike,
+        "rounds": rounds, "lookalike": lookalike, "diagnosis": diagnosis, "auto": auto,
         "confusion_matrix": {g: final[g]["confusion_matrix"] for g in groups},
         "seconds": {"total": round(sum(r.get("seconds", 0) for r in records), 1),
                     "per_repeat": [r.get("seconds") for r in records]},
@@ -178,6 +195,19 @@ def print_tables(results: dict, console=None) -> None:
                     ((group, *(fmt(info[f]["mean"], 1) for f in counts), fmt(info["auc"]["mean"]),
                       fmt(info["threshold"], 2)) for group, info in results["lookalike"].items()),
                     console=console)
+    if results.get("diagnosis"):
+        d = results["diagnosis"]
+        console.print(f"Error-clustering diagnostic of the seeding partition (round 1, mean over repeats): lift "
+                      f"{fmt(d['lift']['mean'])}, confidently wrong {fmt(d['confident_share']['mean'])}, LT AUC "
+                      f"{fmt(d['lt_auc']['mean'])}; verdicts {', '.join(f'{k} {v}' for k, v in d['verdicts'].items())}",
+                      highlight=False)
+    for group, per_round in (results.get("auto") or {}).items():
+        arms = list(per_round[0]["shares"])
+        print_table(f"{group}: share of the budget per arm and round (mean ± std over repeats), and each arm's "
+                    "measured value per item (log-loss gain, leave-one-arm-out on the validation sample)",
+                    ["round", *(f"share {a}" for a in arms), *(f"value {a}" for a in arms)],
+                    ((str(e["round"]), *(_pm(e["shares"][a]) for a in arms), *(_pm(e["values"][a]) for a in arms))
+                     for e in per_round), console=console)
     subpop = cfg.get("subpop_size")
     if subpop:
         scenario = cfg.get("scenario") or {}

@@ -146,6 +146,7 @@ def simulate(
     recent: int = 0,
     recent_subpop: int = 0,
     lsb_fill: bool = False,
+    validation: int = 500,
     print_results: bool = True,
     progress: bool = True,
 ) -> dict:
@@ -155,7 +156,8 @@ def simulate(
     file (:func:`load_own_data` with ``data_options``; ``class_groups`` then merges classes) or a ready
     :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring). ``scenario``,
     ``subpop``, ``relabel_to``, ``recent`` and ``recent_subpop`` set where broadening can pay off
-    (:mod:`broaden.simulate.scenario`); ``lsb_fill`` widens k until every LSB share is filled.
+    (:mod:`broaden.simulate.scenario`); ``lsb_fill`` widens k until every LSB share is filled. The ``Auto``
+    group measures strategy values on ``validation`` labelled pool items that no group selects.
     """
     from rich.console import Console
 
@@ -201,7 +203,8 @@ def simulate(
     cfg = SimConfig(budget=budget, initial=initial, lsb_share=lsb_share, rounds=rounds, repeats=repeats, seed=seed,
                     label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
                     seeds=seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
-                    index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill)
+                    index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill,
+                    validation=validation)
     config = {
         "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,

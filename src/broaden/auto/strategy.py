@@ -1,0 +1,34 @@
+"""``--strategy auto``: the mix the measurements call for (issue 20), resolved before selection runs.
+
+Options (keyword arguments of ``broaden.select.select``): ``auto_history`` (per past round, oldest first,
+``{arm: value per item}``, as ``round finish`` records them), ``auto_recent`` (ids of the latest labelled
+partition, for the diagnostic), ``auto_floor`` (0.1), ``auto_decay`` (0.5); ``seed_threshold`` and
+``discrepancy`` are shared with LSB. The report (``select(..., return_details=True)["auto"]``) holds the
+allocation, its reasons and the diagnosis.
+"""
+from __future__ import annotations
+
+from broaden.auto.allocate import allocate
+from broaden.auto.diagnose import diagnose
+
+AUTO = "auto"
+
+
+def resolve_auto(labeled, options: dict, *, columns, seed: int = 0) -> tuple[dict[str, float], dict]:
+    """(mix, report): LSB-LT joins Stat-AL when a labelled set is given, QBC when committee columns are."""
+    arms, diagnosis = ["stat"], None
+    if labeled is not None:
+        diagnosis = diagnose(labeled, recent=options.get("auto_recent"),
+                             seed_threshold=options.get("seed_threshold", 0.5),
+                             discrepancy=options.get("discrepancy", "ordinal"), columns=columns, seed=seed)
+        arms.append("lsb-lt")
+    if options.get("committee_cols"):
+        arms.append("qbc")
+    allocation = allocate(arms, verdict=diagnosis.verdict if diagnosis else None,
+                          history=options.get("auto_history") or (), floor=options.get("auto_floor", 0.1),
+                          decay=options.get("auto_decay", 0.5), seed=seed)
+    if diagnosis is not None:
+        allocation.reasons.insert(0, diagnosis.reading)
+    else:
+        allocation.reasons.insert(0, "no labelled set: LSB-LT cannot run, uncertainty sampling only")
+    return allocation.mix(), {"allocation": allocation, "diagnosis": diagnosis}

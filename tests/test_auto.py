@@ -1,0 +1,133 @@
+"""``--strategy auto`` (issue 20): the error-clustering diagnostic, leave-one-strategy-out values, the
+allocation, and the Auto group of the simulation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from broaden.auto import allocate, diagnose, strategy_values
+from broaden.auto.allocate import arm_of
+from broaden.cli import main
+from broaden.io import make_scored_table, write_table
+from broaden.select import select
+
+
+def labelled(rng, wrong_rows_fn, n=1200, clusters=20, d=16, C=3):
+    centers = rng.normal(size=(clusters, d)) * 3
+    c = rng.integers(0, clusters, n)
+    x = (centers[c] + 0.6 * rng.normal(size=(n, d))).astype(np.float32)
+    y = rng.integers(0, C, n)
+    wrong = wrong_rows_fn(c, rng)
+    pred = np.where(wrong, (y + 1) % C, y)
+    probs = np.full((n, C), 0.05)
+    probs[np.arange(n), pred] = 0.9
+    return make_scored_table(np.arange(n), probs / probs.sum(1, keepdims=True), x, y), wrong
+
+
+def brute_lift(table, k):
+    x = np.stack(table.column("embedding").to_pylist()).astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.asarray(table.column("label").to_pylist())
+    p = np.stack(table.column("probs").to_pylist())
+    bad = 1 - p[np.arange(len(y)), y] > 0.5
+    sims = x[bad] @ x.T
+    sims[np.arange(bad.sum()), np.flatnonzero(bad)] = -np.inf  # not itself
+    nn = np.argsort(-sims, axis=1)[:, :k]
+    return bad[nn].mean() / ((bad.sum() - 1) / (len(y) - 1))
+
+
+def test_lift_is_about_one_at_random_and_large_for_planted_clusters(rng):
+    random_t, _ = labelled(rng, lambda c, r: r.random(len(c)) < 0.1)
+    d = diagnose(random_t, k=10, discrepancy="nominal")
+    assert d.lift == pytest.approx(brute_lift(random_t, 10), rel=1e-6)
+    assert 0.6 < d.lift < 1.4 and d.verdict == "isolated"
+    planted_t, _ = labelled(rng, lambda c, r: np.isin(c, [3, 7]))
+    d = diagnose(planted_t, k=10, discrepancy="nominal")
+    assert d.lift == pytest.approx(brute_lift(planted_t, 10), rel=1e-6)
+    assert d.lift > 5 and d.confident_share == 1.0 and d.verdict == "cluster" and "broadening" in d.reading
+
+
+def test_diagnose_recent_partition_and_cli(rng, tmp_path, capsys):
+    t, wrong = labelled(rng, lambda c, r: np.isin(c, [3, 7]))
+    recent = np.arange(600, 1200)
+    d = diagnose(t, recent=recent, discrepancy="nominal")
+    assert d.n_recent == 600 and d.n_bad == int(wrong[recent].sum())
+    write_table(t, tmp_path / "lab.parquet")
+    assert main(["diagnose", str(tmp_path / "lab.parquet"), "--discrepancy", "nominal", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "cluster" and out["lift"] == pytest.approx(brute_lift(t, 10), rel=1e-6)
+    assert main(["diagnose", str(tmp_path / "lab.parquet"), "--discrepancy", "nominal"]) == 0
+    assert "errors cluster" in capsys.readouterr().out
+
+
+def test_value_is_positive_for_a_useful_batch_and_zero_for_duplicates(rng):
+    d, C = 8, 3
+    centers = rng.normal(size=(6, d)) * 3
+    def draw(clusters, n):
+        c = rng.choice(clusters, n)
+        return centers[c] + 0.5 * rng.normal(size=(n, d)), c % C
+    X0, y0 = draw([0, 1, 2], 300)                     # what the model already knows
+    Xu, yu = draw([3, 4, 5], 60)                      # a region it has never seen
+    dup = rng.integers(0, 300, 60)                    # copies of labelled items
+    Xe, ye = draw([0, 1, 2, 3, 4, 5], 600)
+    X = np.vstack([X0, Xu, X0[dup]])
+    y = np.concatenate([y0, yu, y0[dup]])
+    strategies = [None] * 300 + ["useful"] * 60 + ["copies"] * 60
+    v = strategy_values(X, y, strategies, Xe, ye, num_classes=C)
+    assert v["useful"]["n"] == 60 and v["useful"]["value"] > 1e-3 and v["useful"]["f1_value"] > 0
+    assert abs(v["copies"]["value"]) < 0.1 * v["useful"]["value"]
+
+
+def test_allocation_follows_the_planted_value_and_keeps_its_floor():
+    history = [{"stat": 1e-4, "lsb-lt": 5e-4}, {"stat": 1.2e-4, "lsb-lt": 4.5e-4}]
+    a = allocate(["stat", "lsb-lt"], verdict="mixed", history=history, floor=0.1, seed=3)
+    assert a.shares["lsb-lt"] > 0.8 and a.shares["stat"] >= 0.1 - 1e-12
+    assert sum(a.shares.values()) == pytest.approx(1.0)
+    assert allocate(["stat", "lsb-lt"], verdict="mixed", history=history, floor=0.1, seed=3).shares == a.shares
+    flipped = allocate(["stat", "lsb-lt"], verdict="mixed", floor=0.2, seed=3,
+                       history=[{"stat": v["lsb-lt"], "lsb-lt": v["stat"]} for v in history])
+    assert flipped.shares["stat"] > 0.7 and 0.2 - 1e-12 <= flipped.shares["lsb-lt"] < 0.3
+    # Round 1: the diagnostic sets the starting shares.
+    assert allocate(["stat", "lsb-lt"], verdict="cluster").shares["lsb-lt"] == pytest.approx(0.5)
+    assert allocate(["stat", "lsb-lt"], verdict="isolated", floor=0.1).shares["lsb-lt"] == pytest.approx(0.1)
+    # Decay: an old advantage fades when the latest rounds say otherwise.
+    late = [{"stat": 1e-4, "lsb-lt": 9e-4}] + [{"stat": 3e-4, "lsb-lt": 1e-4}] * 3
+    assert allocate(["stat", "lsb-lt"], history=late, decay=0.3, seed=0).shares["stat"] > 0.5
+    assert arm_of("entropy") == "stat" and arm_of("lsb-lt") == "lsb-lt"
+    with pytest.raises(ValueError):
+        allocate(["stat", "nope"])
+
+
+def test_select_auto_resolves_to_a_mix(rng):
+    from tests.test_lsb import world
+
+    labeled, pool = world(rng)
+    out, reports = select(pool, "auto", 40, labeled=labeled, seed_threshold=0.4, index="flat", return_details=True)
+    alloc = reports["auto"]["allocation"]
+    assert out.num_rows == 40 and set(out.column("strategy").to_pylist()) <= {"least_confident", "margin",
+                                                                              "entropy", "lsb-lt"}
+    assert set(alloc.shares) == {"stat", "lsb-lt"} and sum(alloc.shares.values()) == pytest.approx(1)
+    assert reports["auto"]["diagnosis"].verdict in ("cluster", "mixed", "isolated", "too-few")
+    only_stat, rep = select(pool, "auto", 10, return_details=True)
+    assert set(only_stat.column("strategy").to_pylist()) <= {"least_confident", "margin", "entropy"}
+    assert rep["auto"]["allocation"].shares == {"stat": 1.0}
+
+
+def test_simulation_auto_group_records_allocations(tmp_path):
+    from broaden.simulate import simulate
+    from tests.test_scenarios import CLF, planted
+
+    data = planted()
+    res = simulate(data, out=tmp_path, budget=60, initial=300, rounds=3, repeats=1, k=5, classifier=CLF,
+                   scenario="drift", subpop="column:group=g3", relabel_to=0, recent=150, recent_subpop=12,
+                   groups=["Stat-AL", "Auto"], lookalike_threshold=0.3, validation=200, print_results=False,
+                   progress=False)
+    rec = json.loads((tmp_path / "repeats" / "repeat-000.json").read_text())
+    for rnd in rec["rounds"]:
+        auto = rnd["groups"]["Auto"]["auto"]
+        assert sum(auto["shares"].values()) == pytest.approx(1) and min(auto["shares"].values()) >= 0.1 - 1e-9
+        assert set(auto["values"]) <= {"stat", "lsb-lt"}
+    assert rec["diagnosis"]["verdict"] in ("cluster", "mixed", "isolated", "too-few")
+    assert [e["round"] for e in res["auto"]["Auto"]] == [1, 2, 3]
