@@ -1,20 +1,22 @@
 """``broaden evaluate``: DESIGN §4 metrics of one or more scored tables (the Python face of the command)."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
 import numpy as np
-import pyarrow as pa
 
 from broaden import io
+from broaden._typing import ArrayLike, TableLike
 from broaden.errors import ScoredTableError
+from broaden.inputs import as_scored, load_scored, source_name
 from broaden.metrics import evaluate as evaluate_arrays
 
 
 def evaluate(
-    scored: str | os.PathLike | pa.Table,
+    scored: TableLike | None = None,
     *,
+    labels: ArrayLike | None = None,
+    probs: ArrayLike | None = None,
     positive: Iterable[int] | None = None,
     discrepancy: str = "ordinal",
     columns: io.Columns = io.DEFAULT_COLUMNS,
@@ -22,15 +24,14 @@ def evaluate(
 ) -> dict:
     """Metrics of the labelled rows of a scored table (rows with a null label are skipped).
 
-    ``positive`` chooses the classes of the binary view (default: every class but 0).
+    ``scored`` is any input :func:`broaden.inputs.as_scored` takes; or give the arrays, as cleanlab does:
+    ``evaluate(labels=y, probs=P)`` (-1 = unlabelled). ``positive`` chooses the classes of the binary view
+    (default: every class but 0). The array-level function is :func:`broaden.metrics.evaluate`.
     """
-    validator = io.Validator(columns=columns, require=("id", "label", "probs"), logits=logits)
-    if isinstance(scored, pa.Table):
-        table, source = validator(scored, "table"), "table"
-        validator.finish()
-    else:
-        source = str(scored)
-        table = io.read_table(scored, columns=[columns.id, columns.label, columns.probs], validator=validator)
+    scored = as_scored(scored, labels=labels, probs=probs, columns=columns, what="scored")
+    source = source_name(scored, "table")
+    table = load_scored(scored, columns=columns, require=("id", "label", "probs"), logits=logits,
+                        read_columns=[columns.id, columns.label, columns.probs], what=source)
     labels = io.labels_array(table.column(columns.label))
     keep = labels >= 0
     if not keep.any():

@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from broaden.errors import OutputError, ScoredTableError
 
 PROB_SUM_TOLERANCE = 1e-3
+# Rows per record batch when a pool is streamed: bounds memory, and is large enough for vectorised work.
+BATCH_SIZE = 65_536
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -387,7 +389,7 @@ def iter_batches(
     path: str | os.PathLike,
     *,
     columns: Iterable[str] | None = None,
-    batch_size: int = 65_536,
+    batch_size: int = BATCH_SIZE,
     validator: Validator | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream record batches from a Parquet file or directory, validating each when asked.

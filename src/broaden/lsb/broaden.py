@@ -16,13 +16,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
+from broaden._typing import IdsLike, LabeledLike, PoolLike
 from broaden.engines import engine_scope
 from broaden.errors import ScoredTableError
+from broaden.inputs import as_scored
 from broaden.io import DEFAULT_COLUMNS, Columns, check_same_classes, id_keys, list_matrix
 from broaden.lsb.lookalike import LookalikeError, LookalikeModel
 from broaden.lsb.seeds import load_labeled, seeds_table, select_seeds
 from broaden.lsb.source import KNNError, PoolSource, faiss_metric, prepare
-from broaden.select.pool import IdSet, fetch_rows, read_ids
+from broaden.select.pool import IdSet, as_ids, fetch_rows
 
 PROVENANCE = ("seed_id", "neighbor_rank", "similarity", "lookalike_score", "seed_ids")
 
@@ -42,30 +44,16 @@ class LSBResult:
     heldout: pa.Table | None = None
 
 
-def exclusion_set(labeled_keys: np.ndarray, exclude, id_col: str = "id") -> IdSet:
-    """Labelled ids plus ``exclude`` (ids, an IdSet, or a file of ids: Parquet/CSV column or one per line)."""
-    if isinstance(exclude, IdSet):
-        return exclude.union(labeled_keys)
-    ids = IdSet(labeled_keys)
-    if exclude is None:
-        return ids
-    if isinstance(exclude, (str, os.PathLike)):
-        return ids.add(read_ids(exclude, id_col=id_col))
-    if isinstance(exclude, (pa.Array, pa.ChunkedArray)):
-        return ids.add(id_keys(exclude))
-    return ids.add(np.asarray(list(exclude)))
-
-
 def lsb(
-    labeled,
-    pool,
+    labeled: LabeledLike,
+    pool: PoolLike,
     *,
     seeds: int | None = 1000,
     seed_threshold: float = 0.5,
     k: int = 10,
     lookalike_threshold: float | None = None,
     index: str = "auto",
-    exclude=None,
+    exclude: IdsLike = None,
     metric: str = "cosine",
     discrepancy: str = "ordinal",
     per_class_cap: int | None = None,
@@ -87,7 +75,9 @@ def lsb(
 ) -> LSBResult:
     """Broaden the labelled set's bad cases into the pool (see the module docstring).
 
-    ``labeled`` and ``pool`` are scored tables (Parquet path or ``pa.Table``). ``seeds`` caps the seed
+    ``labeled`` and ``pool`` are scored tables: a Parquet path (the pool is streamed), an Arrow table, a
+    pandas/polars DataFrame, a Hugging Face dataset or a dict of arrays (:func:`broaden.inputs.as_scored`);
+    ``exclude`` takes what :func:`broaden.select.pool.as_ids` takes. ``seeds`` caps the seed
     count (τ1 = ``seed_threshold``), ``k`` neighbours per seed. Items already labelled or in ``exclude``
     are never returned. The Lookalike Threshold runs when ``lookalike_threshold`` (τ2) is given or a
     fitted/saved ``lookalike`` model is passed. ``embedding_col`` picks the latent used for kNN and LT.
@@ -102,6 +92,7 @@ def lsb(
         raise LookalikeError(f"lookalike_threshold (τ2, --lookalike-threshold) is a probability and must be "
                              f"within 0 … 1, got {lookalike_threshold}")
     cols = replace(columns, embedding=embedding_col) if embedding_col else columns
+    labeled = as_scored(labeled, columns=cols, what="labeled")
     view = load_labeled(labeled, kind=discrepancy, columns=cols, require_embedding=True, logits=logits)
     seed_rows = select_seeds(view, threshold=seed_threshold, max_seeds=seeds, per_class_cap=per_class_cap,
                              denoise=denoise)
@@ -118,7 +109,7 @@ def lsb(
     # (a k=10^8 request asked for 141 GiB).
     k = min(k, source.num_rows)
     queries = labeled_emb[seed_rows]
-    excl = exclusion_set(view.keys, exclude, cols.id)
+    excl = as_ids(exclude, id_col=cols.id).union(view.keys)  # the labelled items are never candidates
 
     # The LT model is fitted before the index exists and the index is dropped before the pool rows are
     # gathered, so the three big consumers of memory never coexist (a 10M pool's index is GBs).

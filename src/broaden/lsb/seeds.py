@@ -7,14 +7,15 @@ optionally without the ones confident learning flags as mislabelled, capped per 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from broaden._typing import LabeledLike
 from broaden.errors import BroadenError
-from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix, read_scored
+from broaden.inputs import load_scored
+from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix
 from broaden.metrics import discrepancy as _discrepancy
 
 DISCREPANCIES = ("ordinal", "nominal")
@@ -45,20 +46,14 @@ class LabeledView:
         return rows, bad[rows].astype(np.int64)
 
 
-def load_labeled(labeled, *, kind: str = "ordinal", columns: Columns = DEFAULT_COLUMNS,
+def load_labeled(labeled: LabeledLike, *, kind: str = "ordinal", columns: Columns = DEFAULT_COLUMNS,
                  require_embedding: bool = False, logits: bool = False) -> LabeledView:
-    """Read (path) or take (table) a labelled scored table and compute d(x) for its labelled rows."""
+    """Load and validate a labelled scored table (any input :func:`broaden.inputs.as_scored` takes) and
+    compute d(x) for its labelled rows."""
     if kind not in DISCREPANCIES:
         raise SeedError(f"unknown discrepancy {kind!r}; choose one of {', '.join(DISCREPANCIES)}")
     require = ("id", "label", "probs") + (("embedding",) if require_embedding else ())
-    if isinstance(labeled, pa.Table):
-        from broaden.io import Validator
-
-        v = Validator(columns=columns, require=require, logits=logits)
-        table = v(labeled, "labelled table")
-        v.finish()
-    else:
-        table = read_scored(os.fspath(labeled), columns=columns, require=require, logits=logits)
+    table = load_scored(labeled, columns=columns, require=require, logits=logits, what="labelled table")
     labels = labels_array(table.column(columns.label))
     keep = labels >= 0
     if not keep.any():
@@ -114,7 +109,7 @@ def seeds_table(view: LabeledView, rows: np.ndarray, columns: Columns) -> pa.Tab
 
 
 def seed_bad_cases(
-    labeled,
+    labeled: LabeledLike,
     *,
     threshold: float = 0.5,
     max_seeds: int | None = 1000,
@@ -124,7 +119,7 @@ def seed_bad_cases(
     columns: Columns = DEFAULT_COLUMNS,
     logits: bool = False,
 ) -> pa.Table:
-    """Seed bad cases of a labelled scored table (path or table): d > ``threshold``, best first.
+    """Seed bad cases of a labelled scored table (path, table, DataFrame, …): d > ``threshold``, best first.
 
     ``per_class_cap`` bounds the seeds per human label; ``denoise`` drops items that confident learning
     (cleanlab, via :func:`broaden.select.clean.label_issue_mask`) flags as likely mislabelled, since

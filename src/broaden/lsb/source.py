@@ -7,7 +7,6 @@ of embeddings, except the training sample it is asked for.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,13 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from broaden._typing import PoolLike
 from broaden.errors import BroadenError, ScoredTableError
+from broaden.inputs import as_scored, source_name
 from broaden.io import (
-    Columns, Validator, count_rows, iter_batches, list_matrix, open_parquet, parquet_files, read_row_group,
-    read_schema,
+    BATCH_SIZE, Columns, Validator, count_rows, iter_batches, list_matrix, open_parquet, parquet_files,
+    read_row_group, read_schema,
 )
-
-BATCH_SIZE = 65_536
 METRICS = ("cosine", "l2")
 
 
@@ -52,14 +51,16 @@ class PoolSource:
     columns: Columns
 
     @classmethod
-    def of(cls, pool: pa.Table | str | os.PathLike | PoolSource, columns: Columns) -> PoolSource:
+    def of(cls, pool: PoolLike | PoolSource, columns: Columns) -> PoolSource:
+        """Any input :func:`broaden.inputs.as_scored` takes (a path stays a path, streamed)."""
         if isinstance(pool, PoolSource):
             return pool
-        return cls(pool if isinstance(pool, pa.Table) else Path(pool), columns)
+        data = as_scored(pool, columns=columns, what="pool")
+        return cls(data if isinstance(data, pa.Table) else Path(data), columns)
 
     @property
     def name(self) -> str:
-        return "pool table" if isinstance(self.data, pa.Table) else str(self.data)
+        return source_name(self.data, "pool table")
 
     @property
     def is_table(self) -> bool:

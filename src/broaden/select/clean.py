@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from broaden._typing import ArrayLike, LabeledLike
 from broaden.errors import BroadenError
-from broaden.io import (
-    DEFAULT_COLUMNS, Columns, check_writable, labels_array, list_matrix, read_scored, write_table,
-)
+from broaden.inputs import as_scored, load_scored, source_name
+from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, labels_array, list_matrix, write_table
 
 METHODS = (
     "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
@@ -187,8 +187,11 @@ def check_not_eval_split(table: pa.Table, source: str | os.PathLike | None = Non
 
 
 def clean(
-    labeled: str | os.PathLike | pa.Table,
+    labeled: LabeledLike | None = None,
     *,
+    labels: ArrayLike | None = None,
+    probs: ArrayLike | None = None,
+    ids: ArrayLike | None = None,
     out: str | os.PathLike | None = None,
     columns: Columns = DEFAULT_COLUMNS,
     max_share: float | None = None,
@@ -198,19 +201,20 @@ def clean(
 ) -> pa.Table:
     """``broaden clean``: rank the labelled rows that are likely mislabelled, worst first.
 
-    Returns (and writes to ``out``, atomically) the flagged rows with ``issue_rank`` (1 = worst),
-    ``label_quality``, ``predicted_label`` and every column of the input.
+    ``labeled`` is any input :func:`broaden.inputs.as_scored` takes; or give the arrays, as cleanlab's
+    ``find_label_issues(labels, pred_probs)`` does: ``clean(labels=y, probs=P)`` (``ids`` default to the row
+    numbers). Returns (and writes to ``out``, atomically) the flagged rows with ``issue_rank`` (1 = worst),
+    ``label_quality``, ``predicted_label`` and every column of the input. The array-level functions are
+    :func:`label_issue_mask` and :func:`rank_label_issues`.
     """
+    labeled = as_scored(labeled, labels=labels, probs=probs, ids=ids, columns=columns, what="labeled")
     source = None if isinstance(labeled, pa.Table) else labeled
     if out is not None:
         check_writable(out)  # before reading: a bad --out fails at once
-    table = labeled if isinstance(labeled, pa.Table) else read_scored(
-        labeled, columns=columns, require=("id", "label", "probs"), logits=logits
-    )
+    # A table is validated like a file (a NaN or a 4th class in memory is the same error as on disk).
+    table = load_scored(labeled, columns=columns, require=("id", "label", "probs"), logits=logits,
+                        what=source_name(labeled))
     check_not_eval_split(table, source)
-    for need in (columns.id, columns.label, columns.probs):
-        if need not in table.schema.names:
-            raise CleaningError(f"{source or 'table'}: missing column {need!r}")
     labels = labels_array(table.column(columns.label))
     probs = list_matrix(table.column(columns.probs), dtype=np.float64)
     if not (labels >= 0).any():

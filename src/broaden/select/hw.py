@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
-from broaden.io import check_same_classes, id_keys, labels_array, list_matrix, read_scored
+from broaden.inputs import load_scored
+from broaden.io import check_same_classes, id_keys, labels_array, list_matrix
 from broaden.select import scores as S
 from broaden.select.clean import rank_label_issues
 from broaden.select.mix import largest_remainder
@@ -148,8 +148,8 @@ def allocate(total: int, shares: np.ndarray, caps: np.ndarray, fallback: np.ndar
 def _labelled_part(pool, n: int, ctx: SelectContext, o: HWOptions):
     """Every labelled id (never picked as new), and the flagged ones in the pool to relabel, best-first."""
     c = ctx.columns
-    lab = ctx.labeled if isinstance(ctx.labeled, pa.Table) else read_scored(
-        ctx.labeled, columns=c, require=("id", "label", "probs") if o.dirty_bound is not None else ("id",))
+    lab = load_scored(ctx.labeled, columns=c, what="labelled table",
+                      require=("id", "label", "probs") if o.dirty_bound is not None else ("id",))
     keys = id_keys(lab.column(c.id))
     if o.dirty_bound is None:
         return keys, (np.empty(0, keys.dtype), np.empty(0))

@@ -32,9 +32,11 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
+from broaden._typing import IdsLike, LabeledLike, PoolLike
+from broaden.inputs import as_scored
 from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, write_table
 from broaden.select.pool import (
-    BATCH_SIZE, IdSet, SelectionError, count_present, fetch_rows, labelled_ids, pool_rows, read_ids,
+    BATCH_SIZE, SelectionError, as_ids, count_present, fetch_rows, labelled_ids, pool_rows,
 )
 from broaden.select.registry import SelectContext, check_labeled, get_strategy
 
@@ -86,24 +88,14 @@ def largest_remainder(total: int, weights) -> np.ndarray:
     return counts
 
 
-def _as_idset(exclude, columns: Columns) -> IdSet:
-    if exclude is None:
-        return IdSet()
-    if isinstance(exclude, IdSet):
-        return exclude
-    if isinstance(exclude, (str, os.PathLike)):
-        return IdSet(read_ids(exclude, id_col=columns.id))
-    return IdSet(exclude if isinstance(exclude, np.ndarray) else list(exclude))
-
-
 def select(
-    pool: str | os.PathLike | pa.Table,
+    pool: PoolLike,
     strategy: str | Mapping[str, float],
     budget: int,
     *,
-    exclude=None,
+    exclude: IdsLike = None,
     seed: int = 0,
-    labeled: str | os.PathLike | pa.Table | None = None,
+    labeled: LabeledLike | None = None,
     columns: Columns = DEFAULT_COLUMNS,
     out: str | os.PathLike | None = None,
     batch_size: int = BATCH_SIZE,
@@ -113,15 +105,20 @@ def select(
 ) -> pa.Table | tuple[pa.Table, dict]:
     """Choose ``budget`` pool items to label next with a strategy or a mix (see module docstring).
 
-    ``exclude`` is ids (any iterable) or a file of ids (txt, one per line; Parquet/CSV with an id
-    column). ``options`` go to every strategy (e.g. ``committee_cols=[...]`` for qbc). Writes ``out``
-    atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
+    ``pool`` and ``labeled`` are paths (streamed), Arrow tables, pandas/polars DataFrames, Hugging Face
+    datasets or dicts of arrays (:func:`broaden.inputs.as_scored`). ``exclude`` is ids (any iterable, a
+    DataFrame's id column) or a file of ids (txt, one per line; Parquet/CSV with an id column)
+    (:func:`broaden.select.pool.as_ids`). ``options`` go to every strategy (e.g. ``committee_cols=[...]``
+    for qbc). Writes ``out`` atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
     pool scans; every engine returns the same selection. ``return_details=True`` returns ``(table,
     reports)``: what each strategy reported about its run, by name (``lsb``/``lsb-lt``: the
     :class:`broaden.lsb.LSBResult`, or the error that left it without candidates).
     """
     from broaden.engines import engine_scope
 
+    pool = as_scored(pool, columns=columns, what="pool")
+    if labeled is not None:
+        labeled = as_scored(labeled, columns=columns, what="labeled")
     with engine_scope(engine) as resolved:
         table, reports = _select(pool, strategy, budget, exclude=exclude, seed=seed, labeled=labeled,
                                  columns=columns, out=out, batch_size=batch_size, engine=resolved, options=options)
@@ -143,7 +140,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         strategy, auto_report = resolve_auto(labeled, options, columns=columns, seed=seed)
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
-    user_exclude = _as_idset(exclude, columns)
+    user_exclude = as_ids(exclude, id_col=columns.id)
     known = labelled_ids(pool, columns, batch_size)
     if len(known):
         user_exclude = user_exclude.union(known)

@@ -1,7 +1,8 @@
 """Streaming access to a scored pool for selection: validated record batches, id sets, join-back.
 
-A pool is a Parquet file, a directory of Parquet files, or an in-memory ``pa.Table``. Nothing here
-holds more than one record batch of the pool plus the id arrays it is asked to look up.
+A pool is a Parquet file, a directory of Parquet files, or an in-memory ``pa.Table`` (what
+:func:`broaden.inputs.as_scored` makes of any input). Nothing here holds more than one record batch of the
+pool plus the id arrays it is asked to look up.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from broaden._typing import IdsLike
 from broaden.errors import BroadenError
+from broaden.inputs import source_name, to_arrow
 from broaden.io import (
-    Columns, Validator, count_rows, id_keys, iter_batches, parquet_files, read_schema, read_table,
+    BATCH_SIZE, Columns, Validator, count_rows, id_keys, iter_batches, parquet_files, read_schema, read_table,
 )
 from broaden.progress import track
-
-BATCH_SIZE = 65_536
 
 
 class SelectionError(BroadenError, ValueError):
@@ -119,6 +120,32 @@ def read_ids(path: str | os.PathLike, *, id_col: str = "id") -> np.ndarray:
     return np.asarray([s for s in lines if s and not s.startswith("#")], dtype=str)
 
 
+def as_ids(values: IdsLike, *, id_col: str = "id") -> IdSet:
+    """The one id-set conversion (``exclude=`` everywhere): None, an :class:`IdSet` (returned as is), a file
+    of ids (:func:`read_ids`), an array or any iterable of ids, or a table-like value (a DataFrame, a
+    ``pa.Table``, a Hugging Face dataset, e.g. an earlier batch) whose ``id_col`` column holds them."""
+    if values is None:
+        return IdSet()
+    if isinstance(values, IdSet):
+        return values
+    if isinstance(values, (str, os.PathLike)):
+        return IdSet(read_ids(values, id_col=id_col))
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return IdSet(id_keys(values.drop_null()))
+    if isinstance(values, np.ndarray):
+        return IdSet(values)
+    kind = type(values)
+    if kind.__module__.partition(".")[0] in ("pandas", "polars") and kind.__name__ == "Series":
+        return IdSet(id_keys((values.to_arrow() if hasattr(values, "to_arrow") else pa.array(values)).drop_null()))
+    table = to_arrow(values)
+    if table is not None:
+        if id_col not in table.column_names:
+            raise SelectionError(f"ids: the table given has no column {id_col!r} to read ids from; "
+                                 f"found {', '.join(table.column_names)}")
+        return IdSet(id_keys(table.column(id_col).drop_null()))
+    return IdSet(values)
+
+
 # ---------------------------------------------------------------------------------------- streaming
 def pool_rows(pool) -> int:
     return pool.num_rows if isinstance(pool, pa.Table) else count_rows(pool)
@@ -129,7 +156,7 @@ def pool_names(pool) -> list[str]:
 
 
 def _source(pool) -> str:
-    return "pool table" if isinstance(pool, pa.Table) else str(pool)
+    return source_name(pool, "pool table")
 
 
 def iter_pool(
@@ -158,10 +185,7 @@ def iter_pool(
         raise SelectionError(
             f"{_source(pool)}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(pool_names(pool))}"
         )
-    if isinstance(pool, pa.Table):
-        raw = ((b, "pool table", off) for b, off in _table_batches(pool.select(read_cols), batch_size))
-    else:
-        raw = _path_batches(pool, read_cols, batch_size)
+    raw = _sourced_batches(pool, read_cols, batch_size)
     with track(description, pool_rows(pool), transient=True) as advance:
         for batch, source, offset in raw:
             for v in validators:
@@ -177,16 +201,18 @@ def iter_pool(
         v.finish()
 
 
-def _table_batches(table: pa.Table, batch_size: int):
-    offset = 0
-    for batch in table.to_batches(max_chunksize=batch_size):
-        yield batch, offset
-        offset += batch.num_rows
-
-
-def _path_batches(path, read_cols, batch_size):
-    """Batches with their file and row offset, for error messages that name the row."""
-    for f in parquet_files(path):
+def _sourced_batches(pool, read_cols: Sequence[str] | None, batch_size: int
+                     ) -> Iterator[tuple[pa.RecordBatch, str, int]]:
+    """(batch, source, row offset in that source) of the pool's ``read_cols`` (all columns for None), so
+    that error messages name the file and row."""
+    if isinstance(pool, pa.Table):
+        table = pool if read_cols is None else pool.select(list(read_cols))
+        offset = 0
+        for batch in table.to_batches(max_chunksize=batch_size):
+            yield batch, "pool table", offset
+            offset += batch.num_rows
+        return
+    for f in parquet_files(pool):
         offset = 0
         for batch in iter_batches(f, columns=read_cols, batch_size=batch_size):
             yield batch, str(f), offset
@@ -196,10 +222,7 @@ def _path_batches(path, read_cols, batch_size):
 def _column_batches(pool, names: Sequence[str], batch_size: int,
                     validator: Validator | None = None) -> Iterator[pa.RecordBatch]:
     """The pool's ``names`` columns, one record batch at a time (each checked by ``validator`` if given)."""
-    if isinstance(pool, pa.Table):
-        batches = ((b, "pool table", off) for b, off in _table_batches(pool.select(list(names)), batch_size))
-    else:
-        batches = _path_batches(pool, list(names), batch_size)
+    batches = _sourced_batches(pool, list(names), batch_size)
     return (b if validator is None else validator(b, source, off) for b, source, off in batches)
 
 
@@ -250,10 +273,7 @@ def fetch_rows(pool, columns: Columns, ids: np.ndarray, batch_size: int = BATCH_
     An id that is not in the pool is an error (never a silently wrong row)."""
     wanted = IdSet(ids)
     parts, keys = [], []
-    if isinstance(pool, pa.Table):
-        batches = (b for b, _ in _table_batches(pool, batch_size))
-    else:
-        batches = (b for b, _, _ in _path_batches(pool, None, batch_size))
+    batches = (b for b, _, _ in _sourced_batches(pool, None, batch_size))
     with track("collecting selected rows", pool_rows(pool), transient=True) as advance:
         for batch in batches:
             k = id_keys(batch.column(columns.id))
