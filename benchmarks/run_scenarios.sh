@@ -3,6 +3,9 @@
 # the fair control (Stat-AL on the snapshot refit with the recent batch), K = 8 paired repeats.
 # Usage: benchmarks/run_scenarios.sh [OUT_ROOT] [DATASET ...]   (datasets: clickbait ag_news mnist)
 # Each run holds /tmp/broaden-heavy.lock and is resumable (finished repeats are reused).
+# The --strategy auto benchmark (issue 20) is the same runs over 4 rounds with the Auto group:
+#   ROUNDS=4 GROUPS_ARG="Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5,Auto" \
+#     benchmarks/run_scenarios.sh runs/auto
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_ROOT=${1:-runs/scenarios}
@@ -11,9 +14,10 @@ DATASETS=("$@")
 [ ${#DATASETS[@]} -eq 0 ] && DATASETS=(clickbait ag_news mnist)
 BROADEN=${BROADEN:-.venv/bin/broaden}
 REPEATS=${REPEATS:-8}
-GROUPS_ARG="Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"
+ROUNDS=${ROUNDS:-1}
+GROUPS_ARG=${GROUPS_ARG:-"Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"}
 COMMON=(--budget 500 --initial 1000 --recent 300 --k 10 --lookalike-threshold 0.5 --lsb-fill
-        --repeats "$REPEATS" --groups "$GROUPS_ARG")
+        --rounds "$ROUNDS" --repeats "$REPEATS" --groups "$GROUPS_ARG")
 
 sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAME
   local name=$1; shift

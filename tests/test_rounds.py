@@ -129,7 +129,7 @@ def test_two_round_cycle(world):
     f1 = round_finish(ws)
     assert f1.trained_on == 60 + 40
     # The recorded accuracy is what the saved model scores on the eval set, recomputed here.
-    from broaden.classifier import EmbeddingClassifier
+    from broaden.models.classifier import EmbeddingClassifier
 
     clf = EmbeddingClassifier.load(ws / "models/round-0001")
     ev = pq.read_table(world.eval)

@@ -58,7 +58,7 @@ ClassifierFactory = Callable[[WorkspaceConfig], object]
 
 class Workspace:
     """A workspace folder. ``selector`` and ``classifier_factory`` default to :func:`broaden.select.select`
-    and :class:`broaden.classifier.EmbeddingClassifier`; a team can plug in its own."""
+    and :class:`broaden.models.classifier.EmbeddingClassifier`; a team can plug in its own."""
 
     def __init__(self, path: str | os.PathLike, *, selector: Selector | None = None,
                  classifier_factory: ClassifierFactory | None = None):
@@ -162,14 +162,14 @@ class Workspace:
     def new_classifier(self):
         if self._classifier_factory is not None:
             return self._classifier_factory(self.config)
-        from broaden.classifier import EmbeddingClassifier
+        from broaden.models.classifier import EmbeddingClassifier
 
         return EmbeddingClassifier(**{"seed": self.config.seed, **self.config.classifier})
 
     def load_classifier(self, path: Path):
         if self._classifier_factory is not None:
             return type(self._classifier_factory(self.config)).load(path)
-        from broaden.classifier import EmbeddingClassifier
+        from broaden.models.classifier import EmbeddingClassifier
 
         return EmbeddingClassifier.load(path)
 

@@ -23,6 +23,10 @@ TABLE1_COLUMNS = (
     MetricColumn("confident_yield", "confident-error yield"),
 )
 NOISY = MetricColumn("noisy_share", "noisy labels", higher_is_better=False)
+# A scenario's sub-population S (docs/simulate.md): what each group caught of it and how the model does on it.
+SUBPOP_TABLE1 = (MetricColumn("s_captured", "S captured"), MetricColumn("s_share", "S share of the batch"))
+SUBPOP_TABLE2 = (MetricColumn("s_accuracy", "S acc"), MetricColumn("non_s_accuracy", "non-S acc"),
+                 MetricColumn("auc_macro", "AUC macro"))
 TREND_METRICS = (  # (table, metric, plot title, y label)
     ("table2", "auc", "AUC on the test split", "AUC"),
     ("table2", "macro_f1", "macro-F1 on the test split", "macro-F1"),
@@ -83,8 +87,24 @@ def _meta(config: dict, results: dict) -> dict[str, str]:
                                              config.get("lookalike_threshold", "–"), config.get("k", "–")),
         "latent": config.get("latent"),
         "discrepancy": config.get("discrepancy"),
+        **_scenario_meta(config, results),
     }
     return {k: str(v) for k, v in meta.items() if v is not None}
+
+
+def _scenario_meta(config: dict, results: dict) -> dict:
+    scenario = config.get("scenario") or {}
+    out = {}
+    if scenario.get("kind") not in (None, "iid") or config.get("subpop_size"):
+        out["scenario"] = f"{scenario.get('kind')}: S = {scenario.get('subpop')} ({config.get('subpop_size')} items)"
+    if scenario.get("recent"):
+        out["recent batch"] = f"{scenario['recent']} + {scenario.get('recent_subpop', 0)} of S"
+    d = results.get("diagnosis")
+    if d:
+        lift = (d.get("lift") or {}).get("mean")
+        verdicts = ", ".join(f"{k} {v}" for k, v in (d.get("verdicts") or {}).items())
+        out["error clustering"] = (f"lift {lift:.2f}" if lift is not None else "lift –") + f" ({verdicts})"
+    return out
 
 
 def _values(summary) -> list[float]:
@@ -121,13 +141,16 @@ def _tables(results: dict, config: dict) -> tuple[MetricTable | None, MetricTabl
     cols1 = list(TABLE1_COLUMNS)
     if config.get("label_noise") or config.get("confusion"):
         cols1.append(NOISY)
+    subpop = bool(config.get("subpop_size"))
+    cols1 += list(SUBPOP_TABLE1) if subpop else []
+    cols2 = list(TABLE2_COLUMNS) + (list(SUBPOP_TABLE2) if subpop else [])
     versus = f" the paired difference to {ref} over repeats (Δ, repeats where the group is higher, Wilcoxon p)." \
         if ref and tests else ""
     t1 = table("table1", cols1, "Table 1",
                f"Items each group selected in round 1, scored by the model that selected them against the true "
                f"labels ({config.get('discrepancy', 'ordinal')} discrepancy). {n} repeat(s)."
                + (f" Under each value:{versus}" if versus else ""), inline=True)
-    t2 = table("table2", TABLE2_COLUMNS, "Table 2",
+    t2 = table("table2", cols2, "Table 2",
                f"Each group's model retrained on the initial labels plus its selections, after "
                f"{config.get('rounds', 1)} round(s), on the fixed test split. {n} repeat(s)."
                + (f" Hover a value for{versus}" if versus else ""), inline=False)
@@ -178,7 +201,24 @@ def _trends(results: dict, path: Path) -> list[TrendPanel] | None:
     per_strategy = _strategy_yield(_repeat_files(path, results)["selections"])
     if per_strategy:
         panels.append(per_strategy)
+    panels += _auto_shares(results)
     return panels or None
+
+
+def _auto_shares(results: dict) -> list[TrendPanel]:
+    """For each Auto group: the share of the budget --strategy auto gave each arm, round by round."""
+    panels = []
+    for group, entries in (results.get("auto") or {}).items():
+        arms = list(entries[0]["shares"]) if entries else []
+        series = []
+        for arm in arms:
+            points = [(e["round"], e["shares"][arm]) for e in entries if e["shares"][arm].get("mean") is not None]
+            if points:
+                series.append(_banded(arm, [r for r, _ in points], [s["mean"] for _, s in points],
+                                      [s.get("std") or 0.0 for _, s in points]))
+        if series:
+            panels.append(TrendPanel(f"{group}: share of the budget per strategy (--strategy auto)", "share", series))
+    return panels
 
 
 def _banded(name: str, xs, ys, sds) -> Series:
