@@ -13,7 +13,6 @@ a user's CSV / JSONL / Parquet file into it and :func:`load_sim_data` a register
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,11 +22,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from broaden.datafiles import DATA_FILE_SUFFIXES, RowRef as _Where, check_ids as _check_ids, \
+    first_null as _first_null, label_indices as _label_indices, nonempty_texts as _nonempty_texts, \
+    read_data_file, require_columns, text_column as _text_column
 from broaden.errors import DatasetError
+from broaden.models.features import pair_features
 from broaden.simulate.cache import cached_encode
 
+__all__ = ["DATA_FILE_SUFFIXES", "SimData", "TextEncoder", "load_own_data", "load_sim_data", "pair_features",
+           "read_data_file", "sim_data_from_table", "stratified_subsample"]
+
 TEXT_SEPARATOR = " | "
-DATA_FILE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 SPLIT_VALUES = ("train", "test")
 
 
@@ -118,13 +123,6 @@ class SimData:
         return index
 
 
-def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """[u, v, |u−v|, u⊙v, cos(u, v)] for row-aligned query and item embeddings."""
-    cos = (u * v).sum(1, keepdims=True) / np.maximum(
-        np.linalg.norm(u, axis=1, keepdims=True) * np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return np.concatenate([u, v, np.abs(u - v), u * v, cos], axis=1).astype(np.float32)
-
-
 def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Sorted row indices of about ``n`` rows keeping the class proportions (fixed by ``seed``)."""
     if n >= len(labels):
@@ -173,77 +171,6 @@ class TextEncoder:
         return cached_encode(texts, self._encode, encoder_id=self.encoder_id, tag=tag, cache_dir=self.cache_dir)
 
 
-
-
-def _text_column(table: pa.Table, name: str) -> list[str]:
-    return [("" if v is None else str(v)) for v in table.column(name).to_pylist()]
-
-
-@dataclass
-class _Where:
-    """Names a place in the input for an error: the file, a column, the file's row (from 1) and its id."""
-
-    source: str
-    ids: list
-    rows: np.ndarray  # the file row of each current row: a subsample keeps the file's numbering
-
-    def __call__(self, column: str, i: int) -> str:
-        at = f"{self.source}: column {column!r}, row {int(self.rows[i]) + 1}"
-        return at if self.ids[i] in (None, "") else f"{at} (id {self.ids[i]!r})"
-
-    def take(self, rows: np.ndarray) -> _Where:
-        return _Where(self.source, [self.ids[i] for i in rows], self.rows[rows])
-
-
-def _first_null(col: pa.ChunkedArray) -> int | None:
-    if not col.null_count:
-        return None
-    return int(np.flatnonzero(pc.is_null(col).to_numpy(zero_copy_only=False))[0])
-
-
-def _label_indices(col: pa.ChunkedArray, class_names: Sequence[str] | None, where: _Where,
-                   column: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Class indices and names from a label column of indices or of class names."""
-    if (row := _first_null(col)) is not None:
-        raise DatasetError(f"{where(column, row)}: missing label")
-    typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        values = np.asarray(col.cast(pa.string()).to_pylist(), dtype=object)
-        names = tuple(class_names) if class_names else tuple(sorted(set(values)))
-        lookup = {name: i for i, name in enumerate(names)}
-        labels = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
-        if (labels < 0).any():
-            row = int(np.flatnonzero(labels < 0)[0])
-            raise DatasetError(f"{where(column, row)}: unknown class {values[row]!r} "
-                               f"(classes: {', '.join(names)})")
-        return labels, names
-    if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
-        raise DatasetError(f"{where.source}: column {column!r} holds {col.type}; give class indices or class names")
-    raw = col.cast(pa.float64()).to_numpy(zero_copy_only=False) if not pa.types.is_integer(typ) else None
-    if raw is not None and not np.array_equal(raw, np.round(raw)):
-        row = int(np.flatnonzero(raw != np.round(raw))[0])  # NaN compares unequal too
-        raise DatasetError(f"{where(column, row)}: label {raw[row]} is not a class index")
-    labels = col.to_numpy().astype(np.int64) if raw is None else raw.astype(np.int64)
-    names = tuple(class_names) if class_names else tuple(str(c) for c in range(int(labels.max()) + 1))
-    bad = (labels < 0) | (labels >= len(names))
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{where(column, row)}: class index {labels[row]} is outside "
-                           f"0..{len(names) - 1} ({len(names)} classes)")
-    return labels, names
-
-
-def _check_ids(ids: np.ndarray, where: _Where, column: str) -> None:
-    if ids.dtype.kind in "US":
-        empty = np.flatnonzero(ids == "")
-        if len(empty):
-            raise DatasetError(f"{where(column, int(empty[0]))}: empty id")
-    order = np.argsort(ids, kind="stable")
-    repeat = order[1:][ids[order][1:] == ids[order][:-1]]
-    if len(repeat):
-        row = int(repeat.min())
-        first = int(np.flatnonzero(ids == ids[row])[0])
-        raise DatasetError(f"{where(column, row)}: duplicate id (first at row {int(where.rows[first]) + 1})")
 
 
 def _split(table: pa.Table, split_col: str | None, labels: np.ndarray, test_share: float, split_seed: int,
@@ -296,13 +223,6 @@ def _embedding_matrix(col: pa.ChunkedArray, where: _Where, column: str) -> np.nd
     return features
 
 
-def _nonempty_texts(texts: list[str], where: _Where, column: str) -> list[str]:
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
-    if empty:
-        raise DatasetError(f"{where(column, empty[0])}: empty text")
-    return texts
-
-
 def sim_data_from_table(
     table: pa.Table,
     *,
@@ -339,10 +259,7 @@ def sim_data_from_table(
     source = source or name
     text_cols = list(text_cols or ())
     needed = [id_col, label_col, *text_cols, *(c for c in (embedding_col, image_col, split_col) if c)]
-    missing = [c for c in dict.fromkeys(needed) if c not in table.column_names]
-    if missing:
-        raise DatasetError(f"{source}: missing column(s) {', '.join(map(repr, missing))} "
-                           f"(columns: {', '.join(table.column_names)})")
+    require_columns(table, needed, source)
     if not (embedding_col or text_cols or image_col):
         raise DatasetError(f"{source}: name the features — text column(s), an embedding column or an image column")
     if pair and not embedding_col and len(text_cols) < 2:
@@ -402,37 +319,6 @@ def own_data_path(dataset: object) -> Path | None:
             os.sep in dataset or "/" in dataset or Path(dataset).suffix.lower() in DATA_FILE_SUFFIXES)):
         return Path(dataset)
     return None
-
-
-def read_data_file(path: str | os.PathLike, string_cols: Sequence[str] = ()) -> pa.Table:
-    """A CSV, JSONL (or JSON array) or Parquet file as an Arrow table; ``string_cols`` stay text in CSV."""
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in DATA_FILE_SUFFIXES:
-        raise DatasetError(f"{path}: unsupported file type {suffix or '(none)'!r}; "
-                           f"use {', '.join(DATA_FILE_SUFFIXES)}")
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        if suffix == ".parquet":
-            return pq.read_table(path)
-        if suffix == ".csv":
-            # Ids like "007" and numeric-looking texts stay strings; empty cells stay "" (named as empty).
-            return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                                  convert_options=pacsv.ConvertOptions(
-                                      column_types={c: pa.string() for c in string_cols},
-                                      strings_can_be_null=False, quoted_strings_can_be_null=False))
-        with open(path, "rb") as fh:
-            head = fh.read(4096).lstrip()
-        if head.startswith(b"["):  # a .json holding one array of records
-            return pa.Table.from_pylist(json.loads(path.read_text(encoding="utf-8")))
-        return pajson.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError) as exc:
-        raise DatasetError(f"{path}: cannot read as {suffix[1:].upper()} ({exc})") from exc
 
 
 def load_own_data(
