@@ -9,7 +9,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.class_weight import compute_class_weight
 
-from broaden.classifier import ClassifierError, EmbeddingClassifier, balanced_class_weights
+from broaden.models.classifier import ClassifierError, EmbeddingClassifier, balanced_class_weights
 
 
 def blobs(rng, n=600, d=12, C=3, spread=1.0):
@@ -123,3 +123,13 @@ def test_threads_are_restored(rng):
     EmbeddingClassifier(**FAST, num_threads=1).fit(X, y)
     assert torch.get_num_threads() == before
 
+
+
+def test_old_module_path_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("broaden.classifier", None)
+    with pytest.warns(DeprecationWarning, match="broaden.models.classifier"):
+        old = importlib.import_module("broaden.classifier")
+    assert old.EmbeddingClassifier is EmbeddingClassifier

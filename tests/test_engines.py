@@ -289,7 +289,7 @@ class ClassifierScorer:
     """What ``round start`` runs per batch: the saved classifier's probabilities from the embeddings."""
 
     def __init__(self, path, marker, device):
-        from broaden.classifier import EmbeddingClassifier
+        from broaden.models.classifier import EmbeddingClassifier
 
         self.clf, self.marker = EmbeddingClassifier.load(path), marker
 
@@ -302,7 +302,7 @@ class ClassifierScorer:
 
 @pytest.mark.parametrize("kill", [False, True])
 def test_map_batches_scores_like_local(engine, world, tmp_path, kill):
-    from broaden.classifier import EmbeddingClassifier
+    from broaden.models.classifier import EmbeddingClassifier
 
     pool_dir, _ = world
     ids, p, x = pool_arrays(pool_dir)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from broaden.classifier import EmbeddingClassifier
+from broaden.models.classifier import EmbeddingClassifier
 from broaden.simulate import SimData, SimulationError, build_groups, pair_features, simulate
 from broaden.simulate import protocol as protocol_mod
 from broaden.simulate.cache import cached_encode

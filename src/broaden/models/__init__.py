@@ -17,6 +17,7 @@ _EXPORTS = {
     "AudioFusion": "fusion", "WhisperAudio": "audio", "AudioError": "audio", "load_audio": "audio",
     "AudioCache": "audio_cache", "Featurizer": "data", "read_items": "data",
     "SentenceEncoder": "text", "minilm_path": "text",
+    "EmbeddingClassifier": "classifier", "ClassifierError": "classifier",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -286,3 +286,6 @@ class EmbeddingClassifier:
         clf.scale_ = tensors["input.scale"].numpy()
         return clf
 
+
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "ClassifierError", "EmbeddingClassifier",
+           "balanced_class_weights"]

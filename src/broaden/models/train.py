@@ -86,7 +86,7 @@ def _class_weights(spec, labels: np.ndarray, num_classes: int) -> torch.Tensor |
     if spec is None:
         return None
     if spec == "balanced":
-        from broaden.classifier import balanced_class_weights
+        from broaden.models.classifier import balanced_class_weights
 
         weights = balanced_class_weights(labels, num_classes)
     else:

@@ -21,7 +21,7 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 
-from broaden.classifier import EmbeddingClassifier
+from broaden.models.classifier import EmbeddingClassifier
 from broaden.io import make_scored_table
 from broaden.metrics import discrepancy as _discrepancy
 from broaden.metrics import evaluate, roc_auc
