@@ -1,0 +1,64 @@
+"""Markdown summary of scenario runs (benchmarks/run_scenarios.sh) for BENCHMARKS.md.
+
+Usage: python benchmarks/summarize_scenarios.py runs/scenarios [--metrics s_captured,s_accuracy,accuracy]
+Per run: each group's mean ± std, and its paired difference to the fair control Stat-AL (refit)
+(mean, wins/repeats, Wilcoxon p); then the error-clustering diagnostic of the seeding partition.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TABLE_OF = {"s_captured": "table1", "s_share": "table1", "confident_yield": "table1", "multiclass_loss": "table1",
+            "yield": "table1"}
+CONTROL = "Stat-AL (refit)"
+
+
+def cell(summary: dict) -> str:
+    if not summary or summary.get("mean") is None:
+        return "–"
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}" if summary.get("std") is not None else f"{summary['mean']:.3f}"
+
+
+def versus(test: dict | None) -> str:
+    if not test or test.get("mean_diff") is None:
+        return "–"
+    p = "" if test.get("wilcoxon_p") is None else f", p {test['wilcoxon_p']:.3f}"
+    return f"{test['mean_diff']:+.3f} ({test['wins']}/{test['n']}{p})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("root")
+    ap.add_argument("--metrics", default="s_captured,s_accuracy,non_s_accuracy,accuracy,macro_f1")
+    args = ap.parse_args()
+    metrics = [m.strip() for m in args.metrics.split(",")]
+    for run in sorted(p for p in Path(args.root).iterdir() if (p / "results.json").is_file()):
+        res = json.loads((run / "results.json").read_text())
+        cfg = res["config"]
+        sc = cfg.get("scenario") or {}
+        print(f"\n#### {run.name} — {sc.get('kind')}"
+              + (f", S = `{sc.get('subpop')}` ({cfg.get('subpop_size')} items)" if cfg.get("subpop_size") else "")
+              + f", {len(res['repeats_done'])} repeats, {cfg.get('rounds')} round(s)\n")
+        control = (res.get("paired_tests_by_reference") or {}).get(CONTROL, {})
+        present = [m for m in metrics if any(
+            (res[TABLE_OF.get(m, "table2")].get(g) or {}).get(m, {}).get("mean") is not None for g in res["groups"])]
+        print("| group | " + " | ".join(present) + " | " + " | ".join(f"Δ {m} vs refit" for m in present) + " |")
+        print("|---" * (1 + 2 * len(present)) + "|")
+        for g in res["groups"]:
+            vals = [cell(res[TABLE_OF.get(m, "table2")][g].get(m)) for m in present]
+            diffs = [versus((control.get(g) or {}).get(TABLE_OF.get(m, "table2"), {}).get(m)) for m in present]
+            print(f"| {g} | " + " | ".join(vals) + " | " + " | ".join(diffs) + " |")
+        d = res.get("diagnosis")
+        if d:
+            print(f"\nDiagnostic of the seeding partition: lift {cell(d['lift'])}, confidently wrong "
+                  f"{cell(d['confident_share'])}, LT AUC {cell(d['lt_auc'])}; verdicts {d['verdicts']}.")
+        for group, entries in (res.get("auto") or {}).items():
+            arms = list(entries[0]["shares"])
+            print(f"\n{group} shares per round: " + "; ".join(
+                f"r{e['round']} " + ", ".join(f"{a} {cell(e['shares'][a])}" for a in arms) for e in entries))
+
+
+if __name__ == "__main__":
+    main()
