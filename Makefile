@@ -9,7 +9,7 @@ export BROADEN_DATA_DIR ?= $(abspath ../shared/data)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install install-dev demo test test-fast browser clean
+.PHONY: install install-dev demo test test-fast browser label-studio clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,21 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-install-dev: $(VENV)/.installed-dev browser
+install-dev: $(VENV)/.installed-dev browser label-studio
 
 # Debian's Chromium for the report's browser test (skipped when it cannot be installed).
 browser:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	    || echo "note: chromium not installed; browser tests will be skipped"; }
+
+# A real Label Studio server for the integration test (tests/test_label_studio_live.py), in its own virtual
+# environment so its Django stack never touches broaden's; skipped (with a note) when it cannot be installed.
+label-studio: .venv-ls/.installed
+
+.venv-ls/.installed:
+	@{ $(PYTHON) -m venv .venv-ls && .venv-ls/bin/pip install -q label-studio && touch $@; } \
+	  || { rm -rf .venv-ls; echo "note: Label Studio not installed; its integration test will be skipped"; }
 
 demo: install
 	$(VENV)/bin/broaden demo
@@ -43,4 +51,4 @@ test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-ls build dist src/*.egg-info .pytest_cache

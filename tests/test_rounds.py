@@ -310,8 +310,12 @@ def test_conflicts_majority_and_ties(world, started):
     assert res[(c, 1)].label == 2 and res[(c, 1)].votes == {2: 1}
     r = status(ws)["rounds"][0]
     assert (r["labelled"], r["tied"], r["pending"]) == (2, 1, 37)
-    # Tied and labelled items are never selected again; a finish needs --allow-pending here.
-    with pytest.raises(WorkspaceError, match="1 are tied"):
+    # status names the open round's tied items (with their votes per class) and its pending ones.
+    assert r["tied_items"] == [{"id": b, "votes": {CLASSES[0]: 1, CLASSES[2]: 1}}]
+    assert len(r["pending_items"]) == 37 and not {a, b, c} & set(r["pending_items"])
+    # Tied and labelled items are never selected again; a finish needs --allow-pending here, and says which.
+    with pytest.raises(WorkspaceError, match=rf"37 without a label \('.*and 32 more\) and 1 tied \({b!r} "
+                       rf"\({CLASSES[0]} 1, {CLASSES[2]} 1\)\)"):
         round_finish(ws)
     round_finish(ws, allow_pending=True)
     r2 = round_start(ws, world.pool1)
@@ -362,9 +366,15 @@ def test_label_studio_round_trip(world, started):
     tasks = json.loads((export / "tasks.json").read_text())
     assert len(tasks) == 40
     t0 = tasks[0]
-    assert set(t0) == {"data", "meta"}
-    assert set(t0["data"]) == {"item_id", "text", "image_path"}
+    assert set(t0) == {"data", "meta", "predictions"}
+    assert {"item_id", "text", "image_path"} <= set(t0["data"])
+    # Provenance as data fields (Label Studio shows them as Data Manager columns), and in meta as before.
+    assert {"broaden_strategy", "broaden_score", "broaden_rank", "broaden_round"} <= set(t0["data"])
+    assert set(t0["data"]) - {"item_id", "text", "image_path"} == {"broaden_" + k for k in t0["meta"]}
     assert {"strategy", "score", "rank", "round"} <= set(t0["meta"])
+    (pred,) = t0["predictions"]
+    assert pred["model_version"] and 0 < pred["score"] <= 1
+    assert pred["result"][0]["value"]["choices"][0] in CLASSES and pred["result"][0]["to_name"] == "image_path"
     config = ET.fromstring((export / "labeling_config.xml").read_text())
     assert [c.get("value") for c in config.iter("Choice")] == CLASSES
     assert {e.tag for e in config} >= {"Text", "Image", "Choices"}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from broaden.rounds.annotate import ImportRejected, ImportReport
-from broaden.rounds.api import init, round_finish, round_import, round_start, status
+from broaden.rounds.api import init, round_finish, round_import, round_pull, round_push, round_start, status
 from broaden.rounds.config import ConfigError, WorkspaceConfig, load_config
 from broaden.rounds.finish import RoundFinish
 from broaden.rounds.ledger import Ledger
@@ -14,5 +14,6 @@ from broaden.rounds.workspace import Workspace, WorkspaceError
 __all__ = [
     "SCHEMA_VERSION", "ConfigError", "ImportRejected", "ImportReport", "Ledger", "LedgerError", "Resolution",
     "RoundFinish", "RoundStart", "Workspace", "WorkspaceConfig", "WorkspaceError", "Yield", "beta_yield",
-    "init", "load_config", "resolve_votes", "round_finish", "round_import", "round_start", "status",
+    "init", "load_config", "resolve_votes", "round_finish", "round_import", "round_pull", "round_push", "round_start",
+    "status",
 ]

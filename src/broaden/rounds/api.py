@@ -7,6 +7,8 @@ classifier) so a team can drive rounds from its own scheduler::
     init("ws", {"class_names": ["ok", "bad"], "strategy": "entropy:0.8,lsb-lt:0.2", "budget": 500})
     round_start("ws", pool="week-12.parquet")       # -> ws/rounds/0001/export/{batch.csv,tasks.json,…}
     round_import("ws", "labels-from-vendor.csv")
+    round_push("ws", url="http://localhost:8080")   # or: Label Studio over its API ($LABEL_STUDIO_API_KEY)
+    round_pull("ws", url="http://localhost:8080")
     round_finish("ws")
     status("ws")["strategies"]
 """
@@ -98,6 +100,24 @@ def round_import(workspace, file: str | os.PathLike, *, strict: bool = False, fo
                  annotator: str | None = None) -> ImportReport:
     """``broaden round import``: add labels from CSV / JSONL / JSON / a Label Studio export."""
     return _round_import(_ws(workspace), file, strict=strict, fmt=format, annotator=annotator)
+
+
+def round_push(workspace, *, url: str | None = None, project: int | str | None = None, round: int | None = None):
+    """``broaden round push`` (and ``round start --to label-studio``): upload an open round's tasks, with the
+    model's predictions and broaden's provenance, to a Label Studio project (created if missing). Uploads only
+    tasks not in the project yet. The token is read from ``$LABEL_STUDIO_API_KEY``."""
+    from broaden.rounds.labelstudio import push_round
+
+    return push_round(_ws(workspace), url=url, project=project, round=round)
+
+
+def round_pull(workspace, *, url: str | None = None, project: int | str | None = None,
+               strict: bool = False) -> ImportReport:
+    """``broaden round import --from label-studio``: import a Label Studio project's annotations through its
+    API, with the accounting and idempotency of a file import."""
+    from broaden.rounds.labelstudio import pull_round
+
+    return pull_round(_ws(workspace), url=url, project=project, strict=strict)
 
 
 def round_finish(workspace, *, round: int | None = None, allow_pending: bool = False) -> RoundFinish:

@@ -44,6 +44,7 @@ class WorkspaceConfig:
     embedding_version: str | None = None
     embedding_version_col: str = "embedding_version"
     positive: list[int] | None = None
+    label_studio: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = self.class_names
@@ -65,9 +66,27 @@ class WorkspaceConfig:
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
         if self.discrepancy not in ("ordinal", "nominal"):
             raise ConfigError(f"discrepancy must be 'ordinal' or 'nominal', got {self.discrepancy!r}")
+        self._check_label_studio()
         unknown = set(self.columns) - {f.name for f in dataclasses.fields(Columns)}
         if unknown:
             raise ConfigError(f"columns: unknown key(s) {sorted(unknown)}; expected id, label, probs, embedding")
+
+    def _check_label_studio(self) -> None:
+        ls = self.label_studio
+        if not isinstance(ls, dict):
+            raise ConfigError(f"label_studio must be a mapping with 'url' and optionally 'project', got {ls!r}")
+        secret = {k for k in ls if any(w in str(k).lower() for w in ("token", "key", "password", "secret"))}
+        if secret:  # a config file is copied and committed; a token in it would leak
+            raise ConfigError(f"label_studio: {sorted(secret)[0]!r} does not belong in the config file; the token is "
+                              "read from the LABEL_STUDIO_API_KEY environment variable only")
+        unknown = set(ls) - {"url", "project"}
+        if unknown:
+            raise ConfigError(f"label_studio: unknown key(s) {sorted(map(str, unknown))}; expected url, project")
+        url, project = ls.get("url"), ls.get("project")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise ConfigError(f"label_studio.url must be an http(s) URL, got {url!r}")
+        if project is not None and (isinstance(project, bool) or not isinstance(project, (str, int))):
+            raise ConfigError(f"label_studio.project must be a project id or name, got {project!r}")
 
     @property
     def num_classes(self) -> int:

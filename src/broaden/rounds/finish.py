@@ -15,6 +15,7 @@ from broaden import io
 from broaden.metrics import evaluate, to_jsonable
 from broaden.rounds.ledger import fault_point
 from broaden.rounds.resolve import resolve_votes
+from broaden.rounds.status import describe_open, open_items
 from broaden.rounds.workspace import (
     Workspace, WorkspaceError, embedding_version, matrix, model_id, refuse_eval_ids,
 )
@@ -33,20 +34,15 @@ class RoundFinish:
 def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool = False) -> RoundFinish:
     cfg, cols = ws.config, ws.config.cols
     with ws.locked() as ledger:
-        open_rounds = ledger.open_rounds()
-        if not open_rounds:
-            raise WorkspaceError(f"{ws.path}: no open round to finish; start one with `broaden round start`")
-        number = open_rounds[-1] if round is None else round
-        if number not in open_rounds:
-            raise WorkspaceError(f"{ws.path}: round {number} is not open (open: {', '.join(map(str, open_rounds))})")
+        number = ws.open_round(ledger, round, "finish")
         resolved = resolve_votes(ledger.votes(number))
-        keys = [r["item_key"] for r in ledger.items(number)]
-        pending = sum((k, number) not in resolved for k in keys)
-        tied = sum(res.tie for res in resolved.values())
+        pending_items, tied_items = open_items(ledger.items(number), resolved, cfg.class_names)
+        pending, tied = len(pending_items), len(tied_items)
         if (pending or tied) and not allow_pending:
             raise WorkspaceError(
-                f"round {number}: {pending} item(s) have no label and {tied} are tied; import the missing "
-                "labels, or pass --allow-pending to finish anyway (unlabelled items can be selected again later)"
+                f"round {number}: {describe_open(pending_items, tied_items)}; import the missing labels (a tie "
+                "needs one more vote), or pass --allow-pending to finish anyway (unlabelled items can be selected "
+                "again later; `broaden status` lists them all)"
             )
         labeled = ws.labeled_table(ledger)
         if labeled.num_rows == 0:

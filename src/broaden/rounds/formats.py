@@ -3,8 +3,10 @@
 Out (one round's batch): ``batch.csv`` and ``batch.jsonl`` (one row per item: id, round, the item's text
 and media fields, the provenance that explains why it was sent, and empty ``label`` / ``annotator``
 columns to fill in; CSV text cells are escaped against formula injection), ``tasks.json`` (Label Studio
-tasks: ``data`` holds the item's id as ``item_id``, text and media fields; ``meta`` holds the provenance)
-and ``labeling_config.xml`` (a single-choice Label Studio project over the workspace's class names).
+tasks: ``data`` holds the item's id as ``item_id``, text and media fields and the provenance as
+``broaden_*`` fields, which Label Studio shows as Data Manager columns; ``meta`` repeats the provenance;
+``predictions`` holds the selecting model's class as a pre-annotation) and ``labeling_config.xml`` (a
+single-choice Label Studio project over the workspace's class names).
 
 In: the same CSV/JSONL with ``label`` filled (a class index or class name), a JSON list of such records,
 or a Label Studio export (JSON tasks with ``annotations[].result[].value.choices``, or the flat CSV /
@@ -37,6 +39,10 @@ FORMATS = ("auto", "csv", "jsonl", "json", "label-studio")
 # with their own task id.
 ITEM_ID = "item_id"
 LS_ANNOTATOR = "label-studio:"
+# Provenance in task data gets this prefix: Data Manager columns that say where they come from and never
+# collide with an item's own fields.
+LS_PREFIX = "broaden_"
+LS_ROUND = LS_PREFIX + "round"
 LS_TASK_KEYS = frozenset({"data", "annotations", "completions"})
 LS_FLAT_KEYS = frozenset({"annotation_id", "lead_time"})  # columns only Label Studio's flat exports have
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -54,6 +60,7 @@ class RawVote:
     item_id: str
     annotator: str | None
     label: int
+    round: int | None = None  # the round a Label Studio task says it belongs to (data.broaden_round)
 
 
 @dataclass(frozen=True)
@@ -104,18 +111,55 @@ def _plain(value):
 
 
 # ------------------------------------------------------------------------------------------ export
-def write_batch_exports(batch: pa.Table, out_dir: str | os.PathLike, *, round: int, class_names: Sequence[str],
-                        id_col: str, text: Sequence[str], media: Sequence[str]) -> dict[str, Path]:
-    """Write the four annotator files of one round atomically; returns their paths by kind."""
-    out = Path(out_dir)
+def _records(batch: pa.Table, *, round: int, id_col: str, text: Sequence[str], media: Sequence[str]) -> list[dict]:
     prov = [c for c in PROVENANCE if c in batch.column_names]
-    rows = batch.select([id_col, *text, *media, *prov]).to_pylist()
     records = []
-    for row in rows:
+    for row in batch.select([id_col, *text, *media, *prov]).to_pylist():
         rec = {"id": row[id_col], "round": round}
         rec.update({f: row[f] for f in [*text, *media]})
         rec.update({p: _plain(row[p]) for p in prov})
         records.append(rec)
+    return records
+
+
+def label_studio_tasks(batch: pa.Table, *, round: int, class_names: Sequence[str], id_col: str,
+                       text: Sequence[str], media: Sequence[str], probs_col: str | None = None,
+                       model_version: str | None = None) -> list[dict]:
+    """Label Studio tasks of one round: ``data`` (item id, fields, ``broaden_*`` provenance), ``meta`` (the
+    provenance again, as earlier versions wrote it) and, when the batch has probabilities, the selecting
+    model's class as a ``predictions`` entry (pre-annotation with ``model_version`` and its probability as
+    ``score``, which Label Studio can sort and sample by)."""
+    records = _records(batch, round=round, id_col=id_col, text=text, media=media)
+    probs = None
+    if probs_col and probs_col in batch.column_names:
+        probs = batch.column(probs_col).to_pylist()
+    to_name = label_studio_objects(text, media)[0]
+    tasks = []
+    for i, rec in enumerate(records):
+        prov = {k: v for k, v in rec.items() if k not in ("id", *text, *media)}
+        task = {"data": {ITEM_ID: rec["id"], **{f: rec[f] for f in [*text, *media]},
+                         **{LS_PREFIX + k: v for k, v in prov.items()}},
+                "meta": prov}
+        p = probs[i] if probs is not None else None
+        if p:
+            best = max(range(len(p)), key=p.__getitem__)
+            if best < len(class_names):
+                task["predictions"] = [{
+                    "model_version": model_version or "broaden", "score": _plain(float(p[best])),
+                    "result": [{"from_name": LS_FROM_NAME, "to_name": to_name, "type": "choices",
+                                "value": {"choices": [class_names[best]]}}],
+                }]
+        tasks.append(task)
+    return tasks
+
+
+def write_batch_exports(batch: pa.Table, out_dir: str | os.PathLike, *, round: int, class_names: Sequence[str],
+                        id_col: str, text: Sequence[str], media: Sequence[str], probs_col: str | None = None,
+                        model_version: str | None = None) -> dict[str, Path]:
+    """Write the four annotator files of one round atomically; returns their paths by kind."""
+    out = Path(out_dir)
+    prov = [c for c in PROVENANCE if c in batch.column_names]
+    records = _records(batch, round=round, id_col=id_col, text=text, media=media)
 
     flat_cols = ["id", "round", *text, *media, *prov, "label", "annotator"]
     buf = _io.StringIO()
@@ -127,31 +171,30 @@ def write_batch_exports(batch: pa.Table, out_dir: str | os.PathLike, *, round: i
     paths = {"csv": write_text(buf.getvalue(), out / "batch.csv")}
     jsonl = "".join(json.dumps(rec | {"label": None, "annotator": None}) + "\n" for rec in records)
     paths["jsonl"] = write_text(jsonl, out / "batch.jsonl")
-    tasks = [
-        {"data": {ITEM_ID: rec["id"], **{f: rec[f] for f in [*text, *media]}},
-         "meta": {"round": round, **{p: rec[p] for p in prov}}}
-        for rec in records
-    ]
+    tasks = label_studio_tasks(batch, round=round, class_names=class_names, id_col=id_col, text=text, media=media,
+                               probs_col=probs_col, model_version=model_version)
     paths["label-studio"] = write_text(json.dumps(tasks, indent=1) + "\n", out / "tasks.json")
     paths["label-studio-config"] = write_text(labeling_config(class_names, text, media), out / "labeling_config.xml")
     return paths
 
 
+def label_studio_objects(text: Sequence[str], media: Sequence[str]) -> list[str]:
+    """The object tags of the labeling config, in order (the choices and predictions point at the first)."""
+    return [*media, *text] or [ITEM_ID]  # nothing to show but the id: still a valid project
+
+
 def labeling_config(class_names: Sequence[str], text: Sequence[str], media: Sequence[str]) -> str:
     """A Label Studio labeling config: show the item's fields, pick exactly one class."""
     lines = ["<View>"]
-    objects = []
+    objects = label_studio_objects(text, media)
     for name in media:
         low = name.lower()
         tag = "Audio" if "audio" in low else "Video" if "video" in low else "Image"
         lines.append(f"  <{tag} name={quoteattr(name)} value={quoteattr('$' + name)}/>")
-        objects.append(name)
     for name in text:
         lines.append(f"  <Text name={quoteattr(name)} value={quoteattr('$' + name)}/>")
-        objects.append(name)
-    if not objects:  # nothing to show but the id: still a valid project
+    if not (text or media):
         lines.append(f"  <Text name=\"{ITEM_ID}\" value=\"${ITEM_ID}\"/>")
-        objects.append(ITEM_ID)
     lines.append(f"  <Choices name={quoteattr(LS_FROM_NAME)} toName={quoteattr(objects[0])} choice=\"single\" "
                  "required=\"true\">")
     lines += [f"    <Choice value={quoteattr(c)}/>" for c in class_names]
@@ -396,6 +439,10 @@ def _ls_task(parsed: ParsedFile, where: str, task, class_names) -> None:
     if not live:
         parsed.unlabelled += 1
         return
+    rnd = data.get(LS_ROUND)
+    if rnd is not None and (isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1):
+        parsed.bad.append(BadRow(where, f"data.{LS_ROUND} {shown(rnd)} is not a round number", BAD_RECORD))
+        return
     for j, ann in enumerate(live, start=1):
         here = f"{where} (id {shown(key)}) annotation {j}"
         try:
@@ -404,7 +451,7 @@ def _ls_task(parsed: ParsedFile, where: str, task, class_names) -> None:
         except ValueError as exc:
             parsed.bad.append(BadRow(here, str(exc), BAD_LABEL))
             continue
-        parsed.votes.append(RawVote(here, key, annotator, value))
+        parsed.votes.append(RawVote(here, key, annotator, value, rnd))
 
 
 def _ls_choice(ann):

@@ -168,7 +168,11 @@ class Ledger:
 
     def latest_round_of(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
         """For each key ever sent out: (its latest round, that round's status)."""
-        out: dict[str, tuple[int, str]] = {}
+        return {key: max(found.items()) for key, found in self.rounds_of(keys).items()}
+
+    def rounds_of(self, keys: Iterable[str]) -> dict[str, dict[int, str]]:
+        """For each key ever sent out: {round it was sent in: that round's status}."""
+        out: dict[str, dict[int, str]] = {}
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS lookup(item_key TEXT PRIMARY KEY)")
         self.conn.execute("DELETE FROM lookup")
         self.conn.executemany("INSERT OR IGNORE INTO lookup VALUES (?)", ((k,) for k in keys))
@@ -176,7 +180,7 @@ class Ledger:
             "SELECT i.item_key, i.round, r.status FROM items i JOIN lookup l USING (item_key) "
             "JOIN rounds r USING (round) ORDER BY i.round"
         ):
-            out[key] = (rnd, status)
+            out.setdefault(key, {})[rnd] = status
         self.conn.execute("DELETE FROM lookup")
         return out
 

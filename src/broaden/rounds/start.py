@@ -75,7 +75,7 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
         ledger.add_round(round=number, pool=str(pool), strategy=strategy, budget=int(budget), seed=run_seed,
                          model_id=model, embedding_version=version, items=items)
         fault_point("round-start:committed")
-        exports = ws.write_exports(number, batch)
+        exports = ws.write_exports(number, batch, model_version=model)
     counts = pc.value_counts(batch.column("strategy")).to_pylist()
     return RoundStart(number, batch.num_rows, str(pool), model, version, scored_pool, exports,
                       {c["values"]: c["counts"] for c in counts})

@@ -1,5 +1,8 @@
 """``broaden status``: the round table and, per strategy, how often its picks were bad cases.
 
+For each open round it also lists the items still *pending* (no vote) and *tied* (votes that share the
+top count, shown per class), so a team knows exactly what to chase before ``round finish``.
+
 A *bad case* is a labelled item the model that selected it got wrong (resolved label ≠ argmax of the
 probabilities it was selected with). Its yield is reported with the Beta(1 + bad, 1 + good) posterior
 mean and central 90 % interval, so a team can see whether one strategy finds errors more often than
@@ -16,14 +19,48 @@ from broaden.rounds.workspace import Workspace
 EVAL_KEYS = ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")
 
 
+SHOW_ITEMS = 20
+
+
+def open_items(items, resolved, class_names) -> tuple[list[str], list[dict]]:
+    """(pending ids, tied items as {"id", "votes": {class name: count}}) among ``items`` of one round."""
+    pending, tied = [], []
+    for it in items:
+        res = resolved.get((it["item_key"], it["round"]))
+        if res is None:
+            pending.append(it["item_key"])
+        elif res.tie:
+            tied.append({"id": it["item_key"],
+                         "votes": {class_names[k] if k < len(class_names) else str(k): n for k, n in res.votes.items()}})
+    return pending, tied
+
+
+def describe_open(pending: list[str], tied: list[dict], limit: int = 5) -> str:
+    """One line naming the first pending and tied items, for messages."""
+    def cut(names: list[str], total: int) -> str:
+        return ", ".join(names[:limit]) + (f" and {total - limit} more" if total > limit else "")
+
+    parts = []
+    if pending:
+        parts.append(f"{len(pending)} without a label ({cut([repr(k) for k in pending], len(pending))})")
+    if tied:
+        shown = [f"{t['id']!r} ({', '.join(f'{c} {n}' for c, n in t['votes'].items())})" for t in tied]
+        parts.append(f"{len(tied)} tied ({cut(shown, len(tied))})")
+    return " and ".join(parts)
+
+
 def status(ws: Workspace, *, level: float = 0.9) -> dict:
     with ws.ledger() as ledger:
         rounds, items, votes = ledger.rounds(), ledger.items(), ledger.votes()
         counts = ledger.counts()
     resolved = resolve_votes(votes)
+    open_numbers = {r["round"] for r in rounds if r["status"] == "open"}
+    by_open: dict[int, list] = defaultdict(list)
     per_round: dict[int, dict] = defaultdict(lambda: {"selected": 0, "labelled": 0, "tied": 0, "pending": 0})
     tally: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])  # (round, strategy) -> [labelled, bad]
     for it in items:
+        if it["round"] in open_numbers:
+            by_open[it["round"]].append(it)
         row = per_round[it["round"]]
         row["selected"] += 1
         res = resolved.get((it["item_key"], it["round"]))
@@ -49,6 +86,9 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
             "trained_model": (metrics.get("model") or {}).get("id"),
             "metrics": {k: evaluation.get(k) for k in EVAL_KEYS} if evaluation else None,
         })
+        if r["round"] in open_numbers:
+            pending, tied = open_items(by_open[r["round"]], resolved, ws.config.class_names)
+            table[-1] |= {"pending_items": pending, "tied_items": tied}
     overall: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_round: dict[int, dict[str, dict]] = defaultdict(dict)
     for (rnd, name), (n, bad) in sorted(tally.items()):
@@ -77,6 +117,16 @@ def print_status(report: dict) -> None:
                 ["round", "status", "strategy", "model", "emb. version", "selected", "labelled", "tied", "pending",
                  "AUC", "macro-F1", "MC loss"], rows, console=console, labels=5)
     pct = round(report["level"] * 100)
+    for r in report["rounds"]:
+        pending, tied = r.get("pending_items") or [], r.get("tied_items") or []
+        if pending or tied:
+            rows = [(str(t["id"]), "tied", ", ".join(f"{c}: {n}" for c, n in t["votes"].items()))
+                    for t in tied[:SHOW_ITEMS]]
+            rows += [(str(k), "pending", "") for k in pending[:max(0, SHOW_ITEMS - len(rows))]]
+            more = len(tied) + len(pending) - len(rows)
+            print_table(f"round {r['round']}: tied and pending items"
+                        + (f" (first {len(rows)} of {len(rows) + more}; all in --json)" if more > 0 else ""),
+                        ["id", "state", "votes"], rows, console=console, labels=3)
     print_table("bad-case yield per strategy (labelled items the selecting model got wrong)",
                 ["strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"],
                 ((name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")

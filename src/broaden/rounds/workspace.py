@@ -104,6 +104,16 @@ class Workspace:
             self.repair(ledger)
             yield ledger
 
+    def open_round(self, ledger: Ledger, number: int | None, action: str) -> int:
+        """``number`` (default: the latest open round), refused unless that round is open."""
+        open_rounds = ledger.open_rounds()
+        if not open_rounds:
+            raise WorkspaceError(f"{self.path}: no open round to {action}; start one with `broaden round start`")
+        number = open_rounds[-1] if number is None else number
+        if number not in open_rounds:
+            raise WorkspaceError(f"{self.path}: round {number} is not open (open: {', '.join(map(str, open_rounds))})")
+        return number
+
     def round_dir(self, number: int) -> Path:
         return self.path / "rounds" / f"{number:04d}"
 
@@ -124,7 +134,7 @@ class Workspace:
             if all((self.export_dir(number) / f).exists() for f in EXPORT_FILES):
                 continue
             batch = self.read_batch(number, ledger)
-            written += list(self.write_exports(number, batch).values())
+            written += list(self.write_exports(number, batch, model_version=ledger.round(number)["model_id"]).values())
         return written
 
     def read_batch(self, number: int, ledger: Ledger | None = None) -> pa.Table:
@@ -144,12 +154,18 @@ class Workspace:
                                   f"({len(have)} in the file, {len(want)} in the ledger)")
         return table
 
-    def write_exports(self, number: int, batch: pa.Table) -> dict[str, Path]:
+    def annotator_fields(self, batch: pa.Table) -> tuple[list[str], list[str]]:
+        """(text fields, media fields) of a batch that annotators see."""
         cfg = self.config
-        text, media = data_fields(batch.schema, id_col=cfg.cols.id, text_fields=cfg.text_fields,
-                                  media_fields=cfg.media_fields, skip=(cfg.embedding_version_col,))
+        return data_fields(batch.schema, id_col=cfg.cols.id, text_fields=cfg.text_fields,
+                           media_fields=cfg.media_fields, skip=(cfg.embedding_version_col,))
+
+    def write_exports(self, number: int, batch: pa.Table, *, model_version: str | None = None) -> dict[str, Path]:
+        cfg = self.config
+        text, media = self.annotator_fields(batch)
         return write_batch_exports(batch, self.export_dir(number), round=number, class_names=cfg.class_names,
-                                   id_col=cfg.cols.id, text=text, media=media)
+                                   id_col=cfg.cols.id, text=text, media=media, probs_col=cfg.cols.probs,
+                                   model_version=model_version)
 
     # --------------------------------------------------------------------------- plug-in points
     def select(self, *args, **kwargs) -> pa.Table:
