@@ -133,6 +133,10 @@ def run_start(args: argparse.Namespace) -> int:
     mix = ", ".join(f"{k} {v}" for k, v in r.by_strategy.items())
     print(f"round {r.round}: {r.selected} items selected ({mix}); pool scored by {r.model_id}, "
           f"embeddings {r.embedding_version}")
+    if r.allocation:
+        print("  auto: " + ", ".join(f"{a} {v:.2f}" for a, v in r.allocation["shares"].items()))
+        for reason in r.allocation["reasons"]:
+            print(f"    {reason}")
     if r.scored_pool:
         print(f"  scored pool: {r.scored_pool}")
     for kind, path in r.exports.items():

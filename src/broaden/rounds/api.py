@@ -62,11 +62,12 @@ def check_config(cfg: WorkspaceConfig) -> None:
     """What ``init`` can check before any round is sent (not at ``finish``, after the labelling work):
     the strategy mix, and that the labelled and evaluation tables are readable, valid for the class names
     and share no id."""
+    from broaden.rounds.values import is_auto
     from broaden.select import parse_spec
     from broaden.select.registry import get_strategy
 
     try:
-        for name, _ in parse_spec(cfg.strategy):
+        for name, _ in ([] if is_auto(cfg.strategy) else parse_spec(cfg.strategy)):
             get_strategy(name)
     except BroadenError as exc:
         raise ConfigError(f"strategy {cfg.strategy!r}: {exc}") from exc

@@ -15,6 +15,7 @@ from broaden import io
 from broaden.metrics import evaluate, to_jsonable
 from broaden.rounds.ledger import fault_point
 from broaden.rounds.resolve import resolve_votes
+from broaden.rounds.values import round_values
 from broaden.rounds.status import describe_open, open_items
 from broaden.rounds.workspace import (
     Workspace, WorkspaceError, embedding_version, matrix, model_id, refuse_eval_ids,
@@ -53,21 +54,28 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
             raise WorkspaceError(f"labelled items mix embedding versions {', '.join(versions)}; "
                                  "one classifier must be trained on one embedding model")
         clf = ws.new_classifier()
-        clf.fit(matrix(labeled, cols.embedding), np.asarray(labeled.column(cols.label)), num_classes=cfg.num_classes)
+        X = matrix(labeled, cols.embedding)
+        clf.fit(X, np.asarray(labeled.column(cols.label)), num_classes=cfg.num_classes)
         rel = Path("models") / f"round-{number:04d}"
         clf.save(ws.path / rel)
         metrics = {"model": {"path": str(rel), "id": model_id(ws.path / rel), "embedding_version": versions[0],
                              "trained_on": labeled.num_rows},
                    "pending": pending, "tied": tied}
         if cfg.eval:
-            metrics["eval"] = to_jsonable(_evaluate(ws, clf, versions[0]))
+            evaluation, eval_X, eval_y = _evaluate(ws, clf, versions[0])
+            metrics["eval"] = to_jsonable(evaluation)
+            # What each strategy's items of this round were worth: --strategy auto learns from it.
+            metrics["strategy_values"] = to_jsonable(round_values(
+                labeled, number, X, eval_X, eval_y, label_col=cols.label, num_classes=cfg.num_classes,
+                seed=cfg.seed))
         io.write_text(json.dumps(metrics, indent=2), ws.round_dir(number) / "metrics.json")
         fault_point("round-finish:model-saved")
         ledger.finish_round(number, metrics=metrics)
     return RoundFinish(number, labeled.num_rows, metrics["model"]["id"], metrics.get("eval"), pending, tied)
 
 
-def _evaluate(ws: Workspace, clf, trained_version: str) -> dict:
+def _evaluate(ws: Workspace, clf, trained_version: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The eval metrics, and the eval set's embeddings and labels (for the strategies' values)."""
     cfg, cols = ws.config, ws.config.cols
     table = io.read_table(cfg.eval, validator=io.Validator(columns=cols, require=("id", "label", "embedding"),
                                                            num_classes=cfg.num_classes))
@@ -77,6 +85,5 @@ def _evaluate(ws: Workspace, clf, trained_version: str) -> dict:
     if version != trained_version:
         raise WorkspaceError(f"{cfg.eval}: eval embeddings are version {version!r}, the classifier was trained on "
                              f"{trained_version!r}; evaluate with embeddings of one version")
-    probs = clf.predict_proba(matrix(table, cols.embedding))
-    return evaluate(io.labels_array(table.column(cols.label)), probs, positive=cfg.positive,
-                    discrepancy_kind=cfg.discrepancy)
+    X, y = matrix(table, cols.embedding), io.labels_array(table.column(cols.label))
+    return evaluate(y, clf.predict_proba(X), positive=cfg.positive, discrepancy_kind=cfg.discrepancy), X, y

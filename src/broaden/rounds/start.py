@@ -9,6 +9,7 @@ Order of effects, chosen so a crash at any point leaves a workspace the next com
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 from broaden import io
 from broaden.errors import ScoredTableError
 from broaden.rounds.ledger import ItemRecord, Ledger, fault_point
+from broaden.rounds.values import auto_options, is_auto
 from broaden.rounds.workspace import (
     MODEL_ID_KEY, Workspace, WorkspaceError, embedding_version, key_strings, matrix, require_config,
 )
@@ -35,6 +37,7 @@ class RoundStart:
     scored_pool: str | None
     exports: dict[str, Path] = field(default_factory=dict)
     by_strategy: dict[str, int] = field(default_factory=dict)
+    allocation: dict | None = None    # --strategy auto: shares per arm, the reasons and the diagnosis
 
 
 def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
@@ -66,19 +69,29 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
         excluded = ws.excluded_keys(ledger)
         options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
                    "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
-        batch = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed, labeled=labeled,
-                          columns=cols, engine=engine, **options)
+        allocation = None
+        if is_auto(strategy):
+            batch, reports = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed,
+                                       labeled=labeled, columns=cols, engine=engine, return_details=True,
+                                       **options, **auto_options(ledger))
+            allocation = _allocation_record(reports["auto"])
+            io.write_text(json.dumps(allocation, indent=2), ws.round_dir(number) / "allocation.json")
+        else:
+            batch = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed, labeled=labeled,
+                              columns=cols, engine=engine, **options)
         items = _item_records(batch, excluded, cols, pool)
         batch = batch.append_column("round", pa.array([number] * batch.num_rows, pa.int64()))
         io.write_table(batch, ws.batch_path(number))
         fault_point("round-start:batch-written")
         ledger.add_round(round=number, pool=str(pool), strategy=strategy, budget=int(budget), seed=run_seed,
                          model_id=model, embedding_version=version, items=items)
+        if allocation is not None:
+            ledger.set_meta({f"allocation:{number}": json.dumps(allocation)})
         fault_point("round-start:committed")
         exports = ws.write_exports(number, batch, model_version=model)
     counts = pc.value_counts(batch.column("strategy")).to_pylist()
     return RoundStart(number, batch.num_rows, str(pool), model, version, scored_pool, exports,
-                      {c["values"]: c["counts"] for c in counts})
+                      {c["values"]: c["counts"] for c in counts}, allocation)
 
 
 def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: str, schema: pa.Schema):
@@ -113,16 +126,25 @@ def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: 
     return str(out), model["id"]
 
 
+def _allocation_record(report: dict) -> dict:
+    alloc, diagnosis = report["allocation"], report["diagnosis"]
+    return {"shares": alloc.shares, "reasons": alloc.reasons, "posterior": alloc.posterior,
+            "diagnosis": None if diagnosis is None else diagnosis.to_dict()}
+
+
 def _labeled_for(ws: Workspace, ledger: Ledger, strategy: str, version: str, pool: str):
     """The labelled set LSB seeds come from, refusing one kNN search over two embedding versions."""
     from broaden.select import parse_spec
     from broaden.select.registry import get_strategy
 
-    if not any(get_strategy(name).needs_labeled for name, _ in parse_spec(strategy)):
+    # auto brings LSB-LT in when there is a labelled set to seed it from (and stays Stat-AL otherwise).
+    if not is_auto(strategy) and not any(get_strategy(name).needs_labeled for name, _ in parse_spec(strategy)):
         return None
     labeled = ws.labeled_table(ledger)
     cols = ws.config.cols
     labeled = labeled.filter(pc.is_valid(labeled.column(cols.probs)))
+    if is_auto(strategy) and labeled.num_rows == 0:
+        return None
     versions = sorted(set(labeled.column("embedding_version").to_pylist()))
     mixed = [v for v in versions if v != version]
     if mixed:

@@ -53,6 +53,8 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
     with ws.ledger() as ledger:
         rounds, items, votes = ledger.rounds(), ledger.items(), ledger.votes()
         counts = ledger.counts()
+        allocations = {r["round"]: ledger.get_meta(f"allocation:{r['round']}") for r in rounds}
+        diagnosis = _diagnosis(ws, ledger)
     resolved = resolve_votes(votes)
     open_numbers = {r["round"] for r in rounds if r["status"] == "open"}
     by_open: dict[int, list] = defaultdict(list)
@@ -85,6 +87,8 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
             **per_round[r["round"]],
             "trained_model": (metrics.get("model") or {}).get("id"),
             "metrics": {k: evaluation.get(k) for k in EVAL_KEYS} if evaluation else None,
+            "strategy_values": metrics.get("strategy_values"),
+            "allocation": json.loads(allocations[r["round"]]) if allocations.get(r["round"]) else None,
         })
         if r["round"] in open_numbers:
             pending, tied = open_items(by_open[r["round"]], resolved, ws.config.class_names)
@@ -99,8 +103,29 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
         "workspace": str(ws.path), "level": level, "rounds": table,
         "strategies": {name: beta_yield(bad, n, level).to_dict() for name, (n, bad) in sorted(overall.items())},
         "strategies_by_round": {str(k): v for k, v in sorted(by_round.items())},
-        "votes": counts["annotations"], "imports": counts["imports"],
+        "votes": counts["annotations"], "imports": counts["imports"], "diagnosis": diagnosis,
     }
+
+
+def _diagnosis(ws: Workspace, ledger) -> dict | None:
+    """The error-clustering diagnostic of the latest finished round's labels (None before one finished)."""
+    from broaden.auto import diagnose
+    from broaden.errors import BroadenError
+
+    finished = [r["round"] for r in ledger.rounds() if r["status"] == "finished"]
+    if not finished:
+        return None
+    cfg = ws.config
+    try:
+        labeled = ws.labeled_table(ledger)
+        import pyarrow.compute as pc
+
+        labeled = labeled.filter(pc.is_valid(labeled.column(cfg.cols.probs)))
+        recent = [it["item_key"] for it in ledger.items(finished[-1])]
+        return diagnose(labeled, recent=recent, seed_threshold=cfg.seed_threshold, discrepancy=cfg.discrepancy,
+                        columns=cfg.cols, seed=cfg.seed).to_dict()
+    except (BroadenError, ValueError):
+        return None  # e.g. too few labels or no embeddings: status still reports everything else
 
 
 def print_status(report: dict) -> None:
@@ -127,6 +152,20 @@ def print_status(report: dict) -> None:
             print_table(f"round {r['round']}: tied and pending items"
                         + (f" (first {len(rows)} of {len(rows) + more}; all in --json)" if more > 0 else ""),
                         ["id", "state", "votes"], rows, console=console, labels=3)
+    values = [(str(r["round"]), arm, fmt(v["value"]), fmt(v["f1_value"]), str(v["n"]),
+               fmt(((r.get("allocation") or {}).get("shares") or {}).get(arm)))
+              for r in report["rounds"] for arm, v in (r.get("strategy_values") or {}).items()]
+    if values:
+        print_table("measured value per strategy (log-loss and macro-F1 lost per item without its items; "
+                    "--strategy auto follows these)", ["round", "strategy", "value", "F1 value", "items", "auto share"],
+                    values, console=console, labels=2)
+    for r in report["rounds"]:
+        if r.get("allocation"):
+            shares = ", ".join(f"{a} {v:.2f}" for a, v in r["allocation"]["shares"].items())
+            console.print(f"round {r['round']} (auto): {shares}; " + "; ".join(r["allocation"]["reasons"]),
+                          highlight=False)
+    if report.get("diagnosis"):
+        console.print(f"latest labels: {report['diagnosis']['reading']}", highlight=False)
     print_table("bad-case yield per strategy (labelled items the selecting model got wrong)",
                 ["strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"],
                 ((name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")
