@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select", help="choose the next items to label from a scored pool",
         description="Choose BUDGET pool items with one strategy or a mix such as "
         "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, hw, "
-        "lsb, lsb-lt (the last two need --labeled). Pool rows that already carry a label (non-null, "
+        "lsb, lsb-lt (the last two need --labeled); 'auto' lets the error-clustering diagnostic of --labeled "
+        "choose the shares of Stat-AL and LSB-LT (docs/auto.md). Pool rows that already carry a label (non-null, "
         "non-negative label column) are skipped, like --exclude ids.",
     )
     p.add_argument("pool", help="scored pool: a Parquet file or a directory of Parquet files")
@@ -71,11 +72,19 @@ def run(args: argparse.Namespace) -> int:
     names = [name for name, _, _ in OPTIONS.values()] + ["denoise", "fill"]
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     with engine_from_args(args) as engine:
-        table = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
-                       labeled=args.labeled, columns=columns_from_args(args), out=args.out,
-                       batch_size=args.batch_size, engine=engine, **options)
+        table, reports = select(args.pool, args.strategy, args.budget, exclude=args.exclude, seed=args.seed,
+                                labeled=args.labeled, columns=columns_from_args(args), out=args.out,
+                                batch_size=args.batch_size, engine=engine, return_details=True, **options)
     counts = {}
     for name in table.column("strategy").to_pylist():
         counts[name] = counts.get(name, 0) + 1
     print(f"wrote {table.num_rows} rows to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+    for name, report in reports.items():
+        if isinstance(report, Exception):  # a strategy that found nothing passed its share on; say why
+            print(f"  {name}: no candidates ({report}); its share went to the other strategies")
+    if "auto" in reports:
+        alloc = reports["auto"]["allocation"]
+        print("  auto: " + ", ".join(f"{a} {v:.2f}" for a, v in alloc.shares.items()))
+        for reason in alloc.reasons:
+            print(f"    {reason}")
     return 0
