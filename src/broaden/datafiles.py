@@ -96,13 +96,16 @@ def label_indices(col: pa.ChunkedArray, class_names: Sequence[str] | None, where
     typ = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         values = np.asarray(col.cast(pa.string()).to_pylist(), dtype=object)
+        blank = [i for i, v in enumerate(values) if not v.strip()]
+        if blank:  # an empty CSV cell reads as "", not null: it is a missing label, not a class ""
+            raise DatasetError(f"{where(column, blank[0])}: missing label")
         names = tuple(class_names) if class_names else tuple(sorted(set(values)))
         lookup = {name: i for i, name in enumerate(names)}
         labels = np.fromiter((lookup.get(v, -1) for v in values), dtype=np.int64, count=len(values))
         if (labels < 0).any():
             row = int(np.flatnonzero(labels < 0)[0])
-            what = "missing label" if values[row] == "" else f"unknown class {values[row]!r}"
-            raise DatasetError(f"{where(column, row)}: {what} (classes: {', '.join(names)})")
+            raise DatasetError(f"{where(column, row)}: unknown class {values[row]!r} "
+                               f"(classes: {', '.join(names)})")
         return labels, names
     if not (pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)):
         raise DatasetError(f"{where.source}: column {column!r} holds {col.type}; give class indices or class names")

@@ -27,7 +27,7 @@ from broaden.datafiles import DATA_FILE_SUFFIXES, RowRef as _Where, check_ids as
     read_data_file, require_columns, text_column as _text_column
 from broaden.errors import DatasetError
 from broaden.models.features import pair_features
-from broaden.simulate.cache import cached_encode
+from broaden.models.embedding_cache import cached_encode
 
 __all__ = ["DATA_FILE_SUFFIXES", "SimData", "TextEncoder", "load_own_data", "load_sim_data", "pair_features",
            "read_data_file", "sim_data_from_table", "stratified_subsample"]
