@@ -77,7 +77,7 @@ def generate(name: str, rows: int, *, labelled: bool, id_base: int, seed_base: i
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    from broaden.lsb.calibrate import recall_at_k
+    from broaden.lsb.knn.calibrate import recall_at_k
 
     return recall_at_k(found, truth)
 

@@ -43,9 +43,15 @@ if job == "select":
     digest = [int(ids.size), int(ids[:1000].sum()), int(ids.sum() % 1_000_003)]
 else:
     from broaden.io import read_table, list_matrix
-    from broaden.lsb.source import PoolSource
-    q = PoolSource.of(pool, Columns()).sample(arg, np.random.default_rng(0))
-    index = engine.build_index(pool, index="flat", queries=q, k=10, save=False, show_progress=False)
+    from broaden.io import Pool
+    from broaden.lsb.knn import build_index
+    q = Pool.of(pool, Columns()).sample(arg, np.random.default_rng(0))
+    kwargs = dict(index="flat", queries=q, k=10, save=False, show_progress=False)
+    if engine.name == "ray":
+        from broaden.lsb.knn.ray import build_sharded_index
+        index = build_sharded_index(engine, pool, **kwargs)
+    else:
+        index = build_index(pool, **kwargs)
     nb = index.search(q, 10, show_progress=False)
     digest = [int(nb.positions.sum()), int(nb.positions[:, 0].sum())]
 engine.close()

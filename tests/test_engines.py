@@ -20,7 +20,9 @@ ray = pytest.importorskip("ray")
 
 from broaden.engines import EngineError, get_engine  # noqa: E402
 from broaden.engines.local import LocalEngine  # noqa: E402
-from broaden.engines.ray_engine import RayEngine, merge_neighbours  # noqa: E402
+from broaden.engines.ray_engine import RayEngine  # noqa: E402
+from broaden.lsb.knn.build import build_index  # noqa: E402
+from broaden.lsb.knn.ray import build_sharded_index, merge_neighbours  # noqa: E402
 from broaden.engines.shards import plan_shards, pool_units  # noqa: E402
 from broaden.errors import BroadenError, ScoredTableError  # noqa: E402
 from broaden.io import Columns, list_matrix, make_scored_table, matrix_to_list_array, write_table  # noqa: E402
@@ -125,7 +127,7 @@ def test_top_k_equals_local_and_brute_force(engine, world, tmp_path, string_ids)
     ids = np.asarray(table.column("id").to_pylist())
     p = list_matrix(table.column("probs"), dtype=np.float64)
     excl = ids[::5]
-    from broaden.select.pool import IdSet
+    from broaden.io.ids import IdSet
 
     def pri(keys, batch):
         return S.entropy(list_matrix(batch.column("probs"), dtype=np.float64))
@@ -231,10 +233,10 @@ def test_sharded_exact_knn_equals_local_and_brute_force(engine, world):
     rng = np.random.default_rng(1)
     q = x[rng.choice(len(x), 30, replace=False)] + 0.01 * rng.normal(size=(30, D)).astype(np.float32)
     excl = ids[1::3]
-    sharded = engine.build_index(pool_dir, index="flat", queries=q, k=8, save=False)
+    sharded = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=8, save=False)
     assert sharded.info["shards"] == 3 and sharded.info["exact"] and sharded.info["index"] == "flat"
     got = sharded.search(q, 8, exclude=excl)
-    local = LocalEngine().build_index(pool_dir, index="flat", queries=q, k=8, save=False).search(q, 8, exclude=excl)
+    local = build_index(pool_dir, index="flat", queries=q, k=8, save=False).search(q, 8, exclude=excl)
     np.testing.assert_array_equal(got.positions, local.positions)
     np.testing.assert_array_equal(got.similarity, local.similarity)
     # brute force: cosine over the non-excluded rows
@@ -251,9 +253,9 @@ def test_knn_actors_are_reused_and_survive_a_restart(engine, world):
     pool_dir, _ = world
     _, _, x = pool_arrays(pool_dir)
     q = x[:20] + 0.05
-    first = engine.build_index(pool_dir, index="flat", queries=q, k=5, save=False)
+    first = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save=False)
     before = first.search(q, 5)
-    again = engine.build_index(pool_dir, index="flat", queries=q, k=5, save=False)
+    again = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save=False)
     assert again is first and again.info["reused"] and again.actors == first.actors
     ray.kill(first.actors[1], no_restart=False)  # the actor process dies; Ray restarts it and it rebuilds
     after = again.search(q, 5)
@@ -264,8 +266,8 @@ def test_sharded_ivf_uses_the_local_backends(engine, world, tmp_path):
     pool_dir, _ = world
     ids, _, x = pool_arrays(pool_dir)
     q = x[::97]
-    sharded = engine.build_index(pool_dir, index="ivf", queries=q, k=5, index_dir=tmp_path / "idx",
-                                 index_params={"nlist": 16})
+    sharded = build_sharded_index(engine, pool_dir, index="ivf", queries=q, k=5, index_dir=tmp_path / "idx",
+                                  index_params={"nlist": 16})
     assert sharded.info["index"] == "ivf" and not sharded.info["exact"]
     assert all(i["factory"] == "IVF16,Flat" for i in sharded.info["shard_info"])
     assert len(list((tmp_path / "idx" / "shards").glob("ivf-cosine-*"))) == 5  # one saved index per unit

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from broaden import evaluate
-from broaden.inputs import as_scored, load_scored
+from broaden.io import as_scored, load_scored
 from broaden.lsb import lsb
 from broaden.select import clean, select
-from broaden.select.pool import IdSet, as_ids
+from broaden.io.ids import IdSet, as_ids
 
 REPO = Path(__file__).resolve().parents[1]
 C = 3
@@ -227,3 +227,13 @@ def test_python_tour_runs_as_written(tmp_path, monkeypatch):
     for i, code in enumerate(blocks):
         exec(compile(code, f"docs/python.md block {i + 1}", "exec"), namespace)  # noqa: S102
     assert os.listdir(tmp_path)  # the tour writes its batch like a user would
+
+
+def test_old_inputs_module_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("broaden.inputs", None)
+    with pytest.warns(DeprecationWarning, match="broaden.io.inputs"):
+        old = importlib.import_module("broaden.inputs")
+    assert old.as_scored is as_scored

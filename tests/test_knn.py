@@ -12,9 +12,9 @@ import pytest
 from broaden.errors import ScoredTableError
 from broaden.io import make_scored_table, write_table
 from broaden.lsb import BACKENDS, build_index
-from broaden.lsb import knn as knn_mod
-from broaden.lsb.auto import choose
-from broaden.lsb.calibrate import recall_at_k
+from broaden.lsb.knn import exact as knn_mod
+from broaden.lsb.knn.auto import choose
+from broaden.lsb.knn.calibrate import recall_at_k
 
 
 def clustered(rng, n, d=24, clusters=40, spread=0.35, centers=None):
@@ -260,7 +260,7 @@ def test_unreadable_saved_index_is_rebuilt_not_a_traceback(tmp_path, pool_data):
     """A damaged index file whose digest still matches (e.g. written damaged) is rebuilt with a warning."""
     import json
 
-    from broaden.lsb.store import file_digest
+    from broaden.lsb.knn.store import file_digest
 
     ids, x, q = pool_data
     pool = write_pool(tmp_path / "pool", ids, x)

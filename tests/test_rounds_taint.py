@@ -18,7 +18,7 @@ from broaden.rounds.config import ConfigError
 from broaden.rounds.ledger import Ledger
 from broaden.rounds.workspace import EvaluationLeakError, WorkspaceError
 from broaden.select import select
-from broaden.select.pool import SelectionError
+from broaden.errors import SelectionError
 
 
 def _votes(ws) -> dict[tuple[str, str], int]:

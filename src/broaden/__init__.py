@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from broaden.errors import BroadenError, DatasetError, ScoredTableError
 from broaden.evaluation import evaluate
-from broaden.inputs import as_scored, load_scored
-from broaden.io import Columns, iter_batches, make_scored_table, read_scored, read_table, write_table
+from broaden.io import Columns, as_scored, load_scored, iter_batches, make_scored_table, read_scored, read_table, write_table
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     import pandas
     import polars
 
-    from broaden.select.pool import IdSet
+    from broaden.io.ids import IdSet
 
 PathLike: TypeAlias = Union[str, os.PathLike]
 
@@ -27,7 +27,7 @@ ArrayLike: TypeAlias = Union[np.ndarray, pa.Array, pa.ChunkedArray, "pandas.Seri
 
 #: A scored table as users hold it: a path (Parquet file or folder, streamed), an Arrow table, batch or
 #: stream, a pandas or polars DataFrame, a Hugging Face ``datasets.Dataset``, or a mapping of column names
-#: to arrays. :func:`broaden.inputs.as_scored` turns every one into a :data:`Scored`.
+#: to arrays. :func:`broaden.io.inputs.as_scored` turns every one into a :data:`Scored`.
 TableLike: TypeAlias = Union[
     PathLike, pa.Table, pa.RecordBatch, pa.RecordBatchReader,
     "pandas.DataFrame", "polars.DataFrame", "polars.LazyFrame", "datasets.Dataset", Mapping[str, ArrayLike],
@@ -38,6 +38,6 @@ LabeledLike: TypeAlias = TableLike
 #: What every function reads after conversion: a path (streamed in record batches) or an in-memory table.
 Scored: TypeAlias = Union[PathLike, pa.Table]
 
-#: Ids to skip or look up: a file of ids (text, CSV or Parquet), an :class:`~broaden.select.pool.IdSet`,
+#: Ids to skip or look up: a file of ids (text, CSV or Parquet), an :class:`~broaden.io.ids.IdSet`,
 #: an array or any iterable of ids, or a table-like value whose id column is used.
 IdsLike: TypeAlias = Union[PathLike, "IdSet", ArrayLike, TableLike, Any]

@@ -20,3 +20,15 @@ class ConfigError(BroadenError, ValueError):
 
 class OutputError(BroadenError, OSError):
     """An output path cannot be written (a folder, under a file, no permission); the message names it."""
+
+
+class SelectionError(BroadenError, ValueError):
+    """Bad selection request: unknown strategy, bad mix, budget beyond the eligible pool, bad options."""
+
+
+class KNNError(BroadenError, ValueError):
+    """Bad kNN request: unknown index kind, unsupported metric, mismatched dimensions."""
+
+
+class EngineError(BroadenError, ValueError):
+    """Bad engine request: unknown engine name, Ray not installed, cluster unreachable."""

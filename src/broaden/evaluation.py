@@ -8,7 +8,7 @@ import numpy as np
 from broaden import io
 from broaden._typing import ArrayLike, TableLike
 from broaden.errors import ScoredTableError
-from broaden.inputs import as_scored, load_scored, source_name
+from broaden.io.inputs import as_scored, load_scored, source_name
 from broaden.metrics import evaluate as evaluate_arrays
 
 
@@ -24,7 +24,7 @@ def evaluate(
 ) -> dict:
     """Metrics of the labelled rows of a scored table (rows with a null label are skipped).
 
-    ``scored`` is any input :func:`broaden.inputs.as_scored` takes; or give the arrays, as cleanlab does:
+    ``scored`` is any input :func:`broaden.io.inputs.as_scored` takes; or give the arrays, as cleanlab does:
     ``evaluate(labels=y, probs=P)`` (-1 = unlabelled). ``positive`` chooses the classes of the binary view
     (default: every class but 0). The array-level function is :func:`broaden.metrics.evaluate`.
     """

@@ -64,7 +64,7 @@ def diagnose(labeled, *, recent=None, k: int = 10, seed_threshold: float = 0.5, 
     bad = view.d > seed_threshold
     in_recent = np.ones(n, dtype=bool)
     if recent is not None:
-        from broaden.select.pool import IdSet
+        from broaden.io.ids import IdSet
 
         in_recent = IdSet(recent).contains(view.keys)
     queries = np.flatnonzero(in_recent & bad)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from broaden.auto.allocate import allocate
 from broaden.auto.diagnose import diagnose
+from broaden.select.registry import register_mix
 
 AUTO = "auto"
 
@@ -32,3 +33,6 @@ def resolve_auto(labeled, options: dict, *, columns, seed: int = 0) -> tuple[dic
     else:
         allocation.reasons.insert(0, "no labelled set: LSB-LT cannot run, uncertainty sampling only")
     return allocation.mix(), {"allocation": allocation, "diagnosis": diagnosis}
+
+
+register_mix(AUTO, resolve_auto)

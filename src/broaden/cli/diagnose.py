@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from broaden.auto import diagnose
-    from broaden.select.pool import read_ids
+    from broaden.io.ids import read_ids
 
     recent = read_ids(args.recent) if args.recent else None
     d = diagnose(args.labeled, recent=recent, k=args.k, seed_threshold=args.seed_threshold,

@@ -1,6 +1,6 @@
 """Execution engines (DESIGN.md §6, §8): where the work over a pool runs — this process or a Ray cluster.
 
-An engine offers four operations over a pool (a Parquet file, a directory of Parquet files or a
+An engine offers three operations over a pool (a Parquet file, a directory of Parquet files or a
 ``pa.Table``), and every command that touches the pool (``score``, ``select``, ``lsb``, ``round start``)
 takes one as ``engine=`` (``--engine local|ray [--ray-address ADDR]`` on the command line):
 
@@ -8,13 +8,13 @@ takes one as ``engine=`` (``--engine local|ray [--ray-address ADDR]`` on the com
   ``init() -> state``, ``step(state, keys, batch) -> state``, ``merge(a, b) -> state``. The local engine
   runs one fold in order; the Ray engine runs one fold per shard in Ray tasks and merges the partial
   states in shard order, so a fold whose merge is exact (counts, top-k) gives identical results.
-- :meth:`Engine.top_k` — the best ``n`` rows by a per-batch priority with the select package's
-  (score desc, id asc) tie-break: a fold over :class:`broaden.select.topk.TopK`.
+- :meth:`Engine.top_k` — the best ``n`` rows by a per-batch priority with the one
+  (score desc, id asc) tie-break: a fold over :class:`broaden.topk.TopK`.
 - :meth:`Engine.map_batches` — a function over the pool's batches, results streamed back in row order
   (batch scoring; Ray Data actors, on GPUs when the cluster has them).
-- :meth:`Engine.build_index` — the kNN structure of :func:`broaden.lsb.knn.build_index`; the Ray engine
-  shards the pool over actors that each build and search their shard's index and merges per-query top-k
-  lists, so exact indexes return exactly the local neighbours.
+
+Engines know nothing of kNN or strategies; LSB's sharded kNN on Ray (:mod:`broaden.lsb.knn.ray`) is built on
+the Ray engine's shards.
 
 Ray is an optional extra (``pip install 'broaden[ray]'``); nothing imports it until ``get_engine("ray")``.
 """
@@ -28,14 +28,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
-from broaden.errors import BroadenError
+from broaden.errors import EngineError
 
 ENGINES = ("local", "ray")
 ADDRESS_ENV = "RAY_ADDRESS"
-
-
-class EngineError(BroadenError, ValueError):
-    """Bad engine request: unknown engine name, Ray not installed, cluster unreachable."""
 
 
 @runtime_checkable
@@ -55,8 +51,6 @@ class Engine(Protocol):
     def map_batches(self, make_fn: Callable[[str], Callable[[pa.Table], pa.Table]], source, *,
                     columns: Sequence[str] | None = None, batch_size: int = ..., device: str | None = None,
                     description: str = ...) -> Iterator[pa.Table]: ...
-
-    def build_index(self, pool, **kwargs) -> Any: ...
 
     def close(self) -> None: ...
 

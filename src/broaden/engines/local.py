@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from broaden.io import iter_batches
-from broaden.select.pool import BATCH_SIZE, iter_pool
-from broaden.select.topk import TopK, merge_top
+from broaden.io.pool import Pool
+from broaden.io.table import BATCH_SIZE, iter_batches
+from broaden.topk import TopK, merge_top
 
 
 def _push_top(priority):
@@ -32,14 +32,14 @@ class LocalEngine:
     def fold(self, pool, columns, *, init: Callable[[], Any], step, merge=None, prob_cols: Sequence[str] = (),
              extra_cols: Sequence[str] = (), exclude=None, batch_size: int = BATCH_SIZE,
              description: str = "scanning pool") -> Any:
-        """``step`` over the eligible batches of :func:`broaden.select.pool.iter_pool`, in row order.
+        """``step`` over the eligible batches of :meth:`broaden.io.pool.Pool.batches`, in row order.
 
         ``merge`` is not needed here (one partial state); it is part of the signature so that callers
         are engine-agnostic.
         """
         state = init()
-        for keys, batch in iter_pool(pool, columns, prob_cols=prob_cols, extra_cols=extra_cols, exclude=exclude,
-                                     batch_size=batch_size, description=description):
+        for keys, batch in Pool.of(pool, columns).batches(prob_cols=prob_cols, extra_cols=extra_cols, exclude=exclude,
+                                                          batch_size=batch_size, description=description):
             state = step(state, keys, batch)
         return state
 
@@ -64,12 +64,6 @@ class LocalEngine:
             batches = iter_batches(source, columns=columns, batch_size=batch_size)
         for batch in batches:
             yield fn(pa.Table.from_batches([batch]))
-
-    def build_index(self, pool, **kwargs):
-        """:func:`broaden.lsb.knn.build_index` unchanged."""
-        from broaden.lsb.knn import build_index
-
-        return build_index(pool, **kwargs)
 
     def close(self) -> None:
         """Nothing to release."""

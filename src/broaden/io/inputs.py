@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from broaden._typing import ArrayLike, Scored, TableLike
 from broaden.errors import ScoredTableError
-from broaden.io import DEFAULT_COLUMNS, Columns, Validator, matrix_to_list_array, one_line, read_table
+from broaden.io.table import DEFAULT_COLUMNS, Columns, Validator, matrix_to_list_array, one_line, read_table
 
 ACCEPTED = ("a path to a Parquet file or folder, a pyarrow Table, RecordBatch or RecordBatchReader, a pandas "
             "or polars DataFrame, a Hugging Face datasets.Dataset, a dict of column arrays, or arrays by "

@@ -19,12 +19,15 @@ import pyarrow as pa
 from broaden._typing import IdsLike, LabeledLike, PoolLike
 from broaden.engines import engine_scope
 from broaden.errors import ScoredTableError
-from broaden.inputs import as_scored
+from broaden.io import as_scored
 from broaden.io import DEFAULT_COLUMNS, Columns, check_same_classes, id_keys, list_matrix
 from broaden.lsb.lookalike import LookalikeError, LookalikeModel
 from broaden.lsb.seeds import load_labeled, seeds_table, select_seeds
-from broaden.lsb.source import KNNError, PoolSource, faiss_metric, prepare
-from broaden.select.pool import IdSet, as_ids, fetch_rows
+from broaden.errors import KNNError
+from broaden.io.ids import IdSet, as_ids
+from broaden.io.pool import Pool
+from broaden.lsb.knn.backends import faiss_metric, prepare
+from broaden.lsb.knn.build import build_index
 
 PROVENANCE = ("seed_id", "neighbor_rank", "similarity", "lookalike_score", "seed_ids")
 
@@ -76,8 +79,8 @@ def lsb(
     """Broaden the labelled set's bad cases into the pool (see the module docstring).
 
     ``labeled`` and ``pool`` are scored tables: a Parquet path (the pool is streamed), an Arrow table, a
-    pandas/polars DataFrame, a Hugging Face dataset or a dict of arrays (:func:`broaden.inputs.as_scored`);
-    ``exclude`` takes what :func:`broaden.select.pool.as_ids` takes. ``seeds`` caps the seed
+    pandas/polars DataFrame, a Hugging Face dataset or a dict of arrays (:func:`broaden.io.inputs.as_scored`);
+    ``exclude`` takes what :func:`broaden.io.ids.as_ids` takes. ``seeds`` caps the seed
     count (τ1 = ``seed_threshold``), ``k`` neighbours per seed. Items already labelled or in ``exclude``
     are never returned. The Lookalike Threshold runs when ``lookalike_threshold`` (τ2) is given or a
     fitted/saved ``lookalike`` model is passed. ``embedding_col`` picks the latent used for kNN and LT.
@@ -98,7 +101,7 @@ def lsb(
                              denoise=denoise)
     seeds_t = seeds_table(view, seed_rows, cols)
     labeled_emb = view.embeddings(cols)
-    source = PoolSource.of(pool, cols)
+    source = Pool.of(pool, cols)
     if labeled_emb.shape[1] != source.dim:
         raise ScoredTableError(
             f"embedding dimension mismatch in column {cols.embedding!r}: the labelled table has "
@@ -118,9 +121,9 @@ def lsb(
     heldout = _heldout(model, view, labeled_emb, seed_threshold, cols) if fitted_here else None
     del labeled_emb
     with engine_scope(engine) as runner:
-        knn = runner.build_index(source, index=index, metric=metric, columns=cols, queries=queries, k=k,
-                                 target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir,
-                                 save=save_index, index_params=index_params, seed=seed, show_progress=show_progress)
+        knn = _build_on(runner, source, index=index, metric=metric, columns=cols, queries=queries, k=k,
+                        target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir,
+                        save=save_index, index_params=index_params, seed=seed, show_progress=show_progress)
         positions = (knn.search(queries, k, exclude=excl, show_progress=show_progress).positions if len(queries)
                      else np.full((0, k), -1, dtype=np.int64))
         pool_ids, index_info = knn.ids, knn.info
@@ -128,7 +131,7 @@ def lsb(
     union = np.unique(positions[positions >= 0])
     keys = id_keys(pool_ids.take(pa.array(union))) if union.size else np.empty(0, dtype=np.int64)
     del pool_ids
-    rows = fetch_rows(source.data, cols, keys) if union.size else source.schema.empty_table()
+    rows = source.fetch_rows(keys) if union.size else source.schema.empty_table()
     emb = list_matrix(rows.column(cols.embedding)) if rows.num_rows else np.zeros((0, source.dim), np.float32)
 
     pairs = _ranked_pairs(positions, union, prepare(queries, metric), emb, metric, keys)
@@ -144,6 +147,16 @@ def lsb(
     }
     study = _case_study(case_study, seeds_t, pairs, rows, lt_scores, candidates, cols)
     return LSBResult(candidates, seeds_t, model, index_info, study, stats, heldout)
+
+
+def _build_on(engine, pool: Pool, **kwargs):
+    """The kNN structure over ``pool`` for ``engine``: sharded over Ray actors on the Ray engine (same
+    backends, exact results equal), else built in this process."""
+    if getattr(engine, "name", "local") == "ray":
+        from broaden.lsb.knn.ray import build_sharded_index  # Ray is an optional extra
+
+        return build_sharded_index(engine, pool, **kwargs)
+    return build_index(pool, **kwargs)
 
 
 def _ranked_pairs(positions, union, q, emb, metric, keys) -> dict:

@@ -14,8 +14,7 @@ import pyarrow as pa
 
 from broaden._typing import LabeledLike
 from broaden.errors import BroadenError
-from broaden.inputs import load_scored
-from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix
+from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix, load_scored
 from broaden.metrics import discrepancy as _discrepancy
 
 DISCREPANCIES = ("ordinal", "nominal")
@@ -48,7 +47,7 @@ class LabeledView:
 
 def load_labeled(labeled: LabeledLike, *, kind: str = "ordinal", columns: Columns = DEFAULT_COLUMNS,
                  require_embedding: bool = False, logits: bool = False) -> LabeledView:
-    """Load and validate a labelled scored table (any input :func:`broaden.inputs.as_scored` takes) and
+    """Load and validate a labelled scored table (any input :func:`broaden.io.inputs.as_scored` takes) and
     compute d(x) for its labelled rows."""
     if kind not in DISCREPANCIES:
         raise SeedError(f"unknown discrepancy {kind!r}; choose one of {', '.join(DISCREPANCIES)}")

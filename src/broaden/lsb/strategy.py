@@ -7,7 +7,7 @@ simulate`` all come through here.
 - ``lsb-lt``: only candidates the Lookalike Threshold keeps (P(z=1|h) > τ2, default 0.5 — the paper's
   search-ads value; τ2 = 0 keeps every neighbour and only ranks them).
 
-Rank policies (option ``rank_by``), ties always by id (:func:`broaden.select.topk.rank_order`):
+Rank policies (option ``rank_by``), ties always by id (:func:`broaden.topk.rank_order`):
 
 - ``similarity`` (default of ``lsb``): most similar to its seed first; score = similarity.
 - ``lookalike`` (default of ``lsb-lt``): highest P(z=1|h) first — the model's estimate that the item is
@@ -40,9 +40,10 @@ from broaden.io import id_keys
 from broaden.lsb.broaden import LSBResult, lsb
 from broaden.lsb.lookalike import LookalikeError
 from broaden.lsb.seeds import load_labeled, select_seeds
-from broaden.select.pool import SelectionError, pool_rows
+from broaden.errors import SelectionError
+from broaden.io.pool import Pool
 from broaden.select.registry import SelectContext, register_strategy
-from broaden.select.topk import rank_order
+from broaden.topk import rank_order
 
 LSB_OPTIONS = ("seeds", "seed_threshold", "k", "lookalike_threshold", "index", "metric", "discrepancy",
                "per_class_cap", "denoise", "target_recall", "memory_gb", "index_dir", "save_index", "case_study")
@@ -100,7 +101,7 @@ def _broaden(pool, n: int, ctx: SelectContext, *, filtered: bool) -> LSBResult:
     result = lsb(labeled, pool, **opts, **kwargs)
     if not fill:
         return result
-    cap = pool_rows(pool)
+    cap = Pool.of(pool, ctx.columns).num_rows
     first = result
     while result.candidates.num_rows < n and opts["k"] < cap and result.stats.get("seeds"):
         # The LT model is fitted once: a wider search must not refit it on another random hold-out.

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 
 from broaden._typing import ArrayLike, LabeledLike
 from broaden.errors import BroadenError
-from broaden.inputs import as_scored, load_scored, source_name
-from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, labels_array, list_matrix, write_table
+from broaden.io import (
+    DEFAULT_COLUMNS, Columns, as_scored, check_writable, labels_array, list_matrix, load_scored, source_name, write_table,
+)
 
 METHODS = (
     "prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
@@ -201,7 +202,7 @@ def clean(
 ) -> pa.Table:
     """``broaden clean``: rank the labelled rows that are likely mislabelled, worst first.
 
-    ``labeled`` is any input :func:`broaden.inputs.as_scored` takes; or give the arrays, as cleanlab's
+    ``labeled`` is any input :func:`broaden.io.inputs.as_scored` takes; or give the arrays, as cleanlab's
     ``find_label_issues(labels, pred_probs)`` does: ``clean(labels=y, probs=P)`` (``ids`` default to the row
     numbers). Returns (and writes to ``out``, atomically) the flagged rows with ``issue_rank`` (1 = worst),
     ``label_quality``, ``predicted_label`` and every column of the input. The array-level functions are

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from broaden.inputs import load_scored
-from broaden.io import check_same_classes, id_keys, labels_array, list_matrix
+from broaden.errors import SelectionError
+from broaden.io import IdSet, Pool, check_same_classes, id_keys, labels_array, list_matrix, load_scored
 from broaden.select import scores as S
 from broaden.select.clean import rank_label_issues
 from broaden.select.mix import largest_remainder
-from broaden.select.pool import IdSet, SelectionError, in_pool
 from broaden.select.registry import SelectContext, register_strategy
 from broaden.select.strategies import batch_probs, random_keys
-from broaden.select.topk import TopK, merge_top, rank_order
+from broaden.topk import TopK, merge_top, rank_order
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ def _labelled_part(pool, n: int, ctx: SelectContext, o: HWOptions):
     ok = ~ctx.exclude.contains(cand)
     cand, score = cand[ok], score[ok]
     if cand.size:
-        inpool = in_pool(pool, c, cand, ctx.batch_size)
+        inpool = Pool.of(pool, c).contains(cand, ctx.batch_size)
         cand, score = cand[inpool], score[inpool]
     return keys, (cand[:n], score[:n])
 

@@ -33,12 +33,13 @@ import numpy as np
 import pyarrow as pa
 
 from broaden._typing import IdsLike, LabeledLike, PoolLike
-from broaden.inputs import as_scored
-from broaden.io import DEFAULT_COLUMNS, Columns, check_writable, write_table
-from broaden.select.pool import (
-    BATCH_SIZE, SelectionError, as_ids, count_present, fetch_rows, labelled_ids, pool_rows,
-)
-from broaden.select.registry import SelectContext, check_labeled, get_strategy
+from broaden.engines import engine_scope
+from broaden.errors import SelectionError
+from broaden.io.ids import as_ids
+from broaden.io.inputs import as_scored
+from broaden.io.pool import Pool
+from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns, check_writable, write_table
+from broaden.select.registry import SelectContext, check_labeled, get_mix, get_strategy
 
 def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
     """``"entropy:0.6,margin:0.4"`` (or a dict) → [(name, share), …] with shares summing to 1."""
@@ -106,16 +107,14 @@ def select(
     """Choose ``budget`` pool items to label next with a strategy or a mix (see module docstring).
 
     ``pool`` and ``labeled`` are paths (streamed), Arrow tables, pandas/polars DataFrames, Hugging Face
-    datasets or dicts of arrays (:func:`broaden.inputs.as_scored`). ``exclude`` is ids (any iterable, a
+    datasets or dicts of arrays (:func:`broaden.io.inputs.as_scored`). ``exclude`` is ids (any iterable, a
     DataFrame's id column) or a file of ids (txt, one per line; Parquet/CSV with an id column)
-    (:func:`broaden.select.pool.as_ids`). ``options`` go to every strategy (e.g. ``committee_cols=[...]``
+    (:func:`broaden.io.ids.as_ids`). ``options`` go to every strategy (e.g. ``committee_cols=[...]``
     for qbc). Writes ``out`` atomically when given. ``engine`` (a :class:`broaden.engines.Engine` or "local"/"ray") runs the
     pool scans; every engine returns the same selection. ``return_details=True`` returns ``(table,
     reports)``: what each strategy reported about its run, by name (``lsb``/``lsb-lt``: the
     :class:`broaden.lsb.LSBResult`, or the error that left it without candidates).
     """
-    from broaden.engines import engine_scope
-
     pool = as_scored(pool, columns=columns, what="pool")
     if labeled is not None:
         labeled = as_scored(labeled, columns=columns, what="labeled")
@@ -133,26 +132,27 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         raise SelectionError(f"batch size must be a positive integer, got {batch_size!r}")
     if out is not None:
         check_writable(out)  # a bad --out fails now, not after the pool scans
-    auto_report = None
-    if isinstance(strategy, str) and strategy.strip() == "auto":
-        from broaden.auto.strategy import resolve_auto
-
-        strategy, auto_report = resolve_auto(labeled, options, columns=columns, seed=seed)
+    mix_report = None
+    resolve = get_mix(strategy.strip()) if isinstance(strategy, str) else None
+    if resolve is not None:  # a name standing for a mix (``auto``), resolved from the run's data
+        mix_name = strategy.strip()
+        strategy, mix_report = resolve(labeled, options, columns=columns, seed=seed)
     plan = parse_spec(strategy)
     strategies = [get_strategy(name) for name, _ in plan]
     user_exclude = as_ids(exclude, id_col=columns.id)
-    known = labelled_ids(pool, columns, batch_size)
+    source = Pool.of(pool, columns)
+    known = source.labelled_ids(batch_size)
     if len(known):
         user_exclude = user_exclude.union(known)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
                         options=dict(options), batch_size=batch_size, engine=engine)
-    if auto_report is not None:
-        ctx.reports["auto"] = auto_report
+    if mix_report is not None:
+        ctx.reports[mix_name] = mix_report
     for s in strategies:
         check_labeled(s, ctx)
 
-    total = pool_rows(pool)
-    excluded = count_present(pool, columns, user_exclude, batch_size)
+    total = source.num_rows
+    excluded = source.count_present(user_exclude, batch_size)
     eligible = total - excluded
     if budget > eligible:
         raise SelectionError(
@@ -199,7 +199,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         )
     order = {name: i for i, (name, _) in enumerate(plan)}
     picks.sort(key=lambda p: order[p[0]])  # stable: a refill follows its strategy's first picks
-    table = _assemble(pool, columns, picks, batch_size)
+    table = _assemble(source, picks, batch_size)
     if out is not None:
         write_table(table, out)
     return table, ctx.reports
@@ -219,7 +219,7 @@ def _provenance(picks) -> dict[str, pa.ChunkedArray]:
     return out
 
 
-def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
+def _assemble(pool: Pool, picks, batch_size: int) -> pa.Table:
     names, ranks, all_ids, all_scores = [], [], [], []
     for name, ids, scores, _ in picks:
         # Several calls for one strategy (shortfall refill) continue its rank numbering.
@@ -229,7 +229,8 @@ def _assemble(pool, columns: Columns, picks, batch_size: int) -> pa.Table:
         all_ids.append(ids)
         all_scores.append(scores)
     ids = np.concatenate(all_ids)
-    rows = fetch_rows(pool, columns, ids, batch_size)
+    columns = pool.columns
+    rows = pool.fetch_rows(ids, batch_size)
     labels = np.concatenate([np.full(len(r), n, dtype=object) for n, r in zip(names, ranks)])
     front = {
         columns.id: rows.column(columns.id),

@@ -4,7 +4,8 @@ A strategy returns up to ``n`` eligible ids (never one in ``ctx.exclude``) with 
 first, and optionally ``details``: a pa.Table with one row per returned id holding provenance columns
 that ``select`` copies into its output (LSB reports the seed, rank, similarity and lookalike score). Built-in strategies register on import of :mod:`broaden.select.strategies`; LSB strategies
 (``lsb``, ``lsb-lt``) live in ``broaden.lsb.strategy`` and are imported the first time a name is not
-found, so selection never imports LSB at module load (no import cycle).
+found, so selection never imports LSB at module load (no import cycle). A name may also stand for a
+whole mix resolved from the run's data (``auto``, :mod:`broaden.auto.strategy`): :func:`register_mix`.
 """
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from broaden.io import DEFAULT_COLUMNS, Columns
-from broaden.select.pool import BATCH_SIZE, IdSet, SelectionError
+from broaden.engines import get_engine
+from broaden.errors import SelectionError
+from broaden.io.ids import IdSet
+from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns
 
 StrategyFn = Callable[["str | os.PathLike | pa.Table", int, "SelectContext"], tuple[np.ndarray, np.ndarray]]
 # Modules that register strategies on import; tried in order when a name is unknown.
-PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.lsb.strategy")
+PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.lsb.strategy", "broaden.auto.strategy")
+#: ``resolve(labeled, options, *, columns, seed) -> (mix spec, report)`` for a name that stands for a mix.
+MixResolver = Callable[..., tuple[Any, Any]]
 
 
 @dataclass
@@ -43,8 +48,6 @@ class SelectContext:
     @property
     def runner(self):
         """The engine that scans the pool (the local engine unless one was given)."""
-        from broaden.engines import get_engine
-
         return get_engine(self.engine)
 
     def __post_init__(self):
@@ -60,12 +63,27 @@ class Strategy:
 
 
 _REGISTRY: dict[str, Strategy] = {}
+_MIXES: dict[str, MixResolver] = {}
 
 
 def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False) -> StrategyFn:
     """Make ``fn`` available as ``--strategy name`` (re-registering a name replaces it)."""
     _REGISTRY[name] = Strategy(name, fn, needs_labeled)
     return fn
+
+
+def register_mix(name: str, resolve: MixResolver) -> MixResolver:
+    """Make ``--strategy name`` stand for the mix ``resolve`` returns for the run's labelled set and options;
+    its report is kept under ``name`` in ``select(..., return_details=True)``."""
+    _MIXES[name] = resolve
+    return resolve
+
+
+def get_mix(name: str) -> MixResolver | None:
+    """The resolver of a mix name, or None when ``name`` is not one (plugins load only for unknown names)."""
+    if name not in _MIXES and name not in _REGISTRY:
+        _load_plugins()
+    return _MIXES.get(name)
 
 
 def available_strategies() -> list[str]:

@@ -1,7 +1,7 @@
 """Statistical strategies (DESIGN.md §2): random, least_confident, margin, entropy, qbc.
 
 Each is one streaming pass over the pool: a per-batch priority (higher = pick first) feeds the shared
-:class:`~broaden.select.topk.TopK`. Reported scores are the paper's values (margin is reported as the
+:class:`~broaden.topk.TopK`. Reported scores are the paper's values (margin is reported as the
 margin itself, ranked ascending).
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from broaden.errors import SelectionError
 from broaden.io import list_matrix
 from broaden.select import scores as S
-from broaden.select.pool import SelectionError
 from broaden.select.registry import SelectContext, register_strategy
 
 Priority = Callable[[np.ndarray, pa.RecordBatch], np.ndarray]

@@ -128,7 +128,7 @@ def subpopulation(data, spec: str, *, seed: int = 0) -> np.ndarray:
                                 f"{', '.join(columns) or '(the data has no extra columns)'}")
         mask = np.asarray([str(v) == value for v in columns[name]], dtype=bool)
     elif kind == "ids":
-        from broaden.select.pool import read_ids
+        from broaden.io.ids import read_ids
 
         _, path = _parts(spec, 2, "ids:FILE")
         wanted = {str(i) for i in read_ids(path)}

@@ -29,7 +29,8 @@ import faiss
 import pyarrow as pa
 
 from broaden.io import one_line
-from broaden.lsb.source import PoolSource
+from broaden.io.pool import Pool
+from broaden.lsb.knn.backends import BACKENDS
 
 VERSION = 2  # 2: meta.json records SHA-256 digests; older entries are rebuilt
 FILES = ("index.faiss", "ids.arrow", "meta.json")
@@ -62,7 +63,7 @@ class IndexCache:
         self.warnings: list[str] = []  # saved entries found damaged or changed (and removed)
 
     @classmethod
-    def for_pool(cls, source: PoolSource, metric: str, index_dir=None) -> IndexCache:
+    def for_pool(cls, source: Pool, metric: str, index_dir=None) -> IndexCache:
         root = Path(index_dir) if index_dir is not None else default_dir(Path(source.data))
         return cls(root, source.fingerprint(), metric)
 
@@ -87,8 +88,6 @@ class IndexCache:
 
     def valid_backends(self) -> dict[str, dict]:
         """Backends with a saved index of exactly this pool content (metadata only, nothing loaded)."""
-        from broaden.lsb.knn import BACKENDS
-
         out = {}
         for name in BACKENDS:
             meta = self._meta(name)

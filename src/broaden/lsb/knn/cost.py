@@ -1,15 +1,12 @@
-"""``index="auto"``: pick the kNN backend by estimated wall time (DESIGN.md §7).
+"""The cost model behind ``index="auto"`` (DESIGN.md §7): estimated seconds of exact and IVF search.
 
 The estimate weighs what a run will actually pay: exact search costs queries × pool rows; an IVF index
 costs a k-means training, one assignment pass over the pool and then cheap searches, unless a valid
 saved index is already on disk, in which case only the searches remain. The per-operation constants
 were measured on the reference machine (2 cores, AVX-512) and scale with FAISS's thread count; they
-only need to be right within a small factor to order the options. HNSW is never chosen: on clustered
-embeddings its recall at affordable efSearch stays low and its build is the slowest (§7).
+only need to be right within a small factor to order the options.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -55,45 +52,3 @@ def choose_nlist(n: int, dim: int, n_queries: int, codec: str = "Flat") -> int:
     lo = max(1, min(hi, 1 << max(0, int(np.log2(max(np.sqrt(n) / 4, 1))))))
     options = [1 << j for j in range(int(np.log2(lo)), int(np.log2(hi)) + 1)]
     return min(options, key=lambda nl: ivf_cost(n, dim, n_queries, nl, codec))
-
-
-@dataclass
-class Choice:
-    backend: str
-    reason: str
-    estimates: dict = field(default_factory=dict)
-
-
-def choose(n: int, dim: int, *, n_queries: int, memory_gb: float, cached: dict) -> Choice:
-    """Backend for ``n_queries`` searches over ``n`` rows of dimension ``dim`` within ``memory_gb``.
-
-    ``cached`` maps backend names to the metadata of valid saved indexes of this very pool.
-    """
-    from broaden.lsb.knn import get_backend
-
-    exact = exact_cost(n, dim, n_queries)
-    estimates = {"flat": round(exact, 2)}
-    if n < SMALL_POOL:
-        return Choice("flat", f"small pool ({n:,} rows): exact search is cheap", estimates)
-    if "ivf" in cached or "ivfpq" in cached:
-        name = "ivf" if "ivf" in cached else "ivfpq"
-        p = cached[name]["params"]
-        estimates[name] = round(ivf_cost(n, dim, n_queries, p["nlist"], p["codec"], built=True), 2)
-        if estimates[name] < exact:
-            return Choice(name, f"a saved {name} index of this unchanged pool exists: search only "
-                          f"(~{estimates[name]:.3g} s vs exact ~{exact:.3g} s)", estimates)
-    budget = memory_gb * 2**30
-    name = "ivf"
-    params = get_backend("ivf").default_params(n, dim, memory_gb=memory_gb, n_queries=max(n_queries, 1))
-    if get_backend("ivf").memory_bytes(n, dim, params) > budget:
-        name = "ivfpq"
-        params = get_backend("ivfpq").default_params(n, dim, memory_gb=memory_gb, n_queries=max(n_queries, 1))
-    cost = ivf_cost(n, dim, n_queries, params["nlist"], params["codec"])
-    estimates[name] = round(cost, 2)
-    fits = f"IVF{params['nlist']},{params['codec']} ({get_backend(name).memory_bytes(n, dim, params) / 2**30:.1f} GB " \
-           f"of a {memory_gb:g} GB budget)"
-    if cost < exact:
-        return Choice(name, f"{n_queries:,} queries over {n:,} rows: build + search {fits} ~{cost:.3g} s "
-                      f"beats exact ~{exact:.3g} s", estimates)
-    return Choice("flat", f"{n_queries:,} queries over {n:,} rows: exact streamed search ~{exact:.3g} s "
-                  f"beats building {fits} ~{cost:.3g} s", estimates)

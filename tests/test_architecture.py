@@ -1,0 +1,163 @@
+"""The import graph has no cycles (issue 15): between modules, and between subpackages.
+
+Every ``import`` in ``src/broaden`` counts, function-local ones included (found with ``ast``), except those
+under ``if TYPE_CHECKING:``, which never run. An edge goes to the deepest module named (``from broaden.io
+import pool`` → ``broaden.io.pool``; ``from broaden.io import Pool`` → ``broaden.io``). Plugins that a
+registry loads by name (``broaden.select.registry.PLUGIN_MODULES``) are not imports: that is what lets
+selection run LSB and Auto strategies without depending on them. The layers are in docs/architecture.md.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((SRC / "broaden").rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges: dict[str, set[str]] = defaultdict(set)
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = _type_checking_nodes(tree)
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for target in targets:
+                if target == "broaden" or target.startswith("broaden."):
+                    found = resolve(target)
+                    if found and found != mod:
+                        edges[mod].add(found)
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    nodes = sorted(set(edges) | {b for bs in edges.values() for b in bs})
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in nodes:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def subpackage(mod: str) -> str:
+    """``broaden.lsb.knn.build`` → ``broaden.lsb``; a top-level module is its own node."""
+    return ".".join(mod.split(".")[:2])
+
+
+def _explain(comp, edges, key=lambda m: m) -> str:
+    members = set(comp)
+    return "; ".join(f"{a} -> {b}" for a in sorted(edges) for b in sorted(edges[a])
+                     if key(a) in members and key(b) in members and key(a) != key(b))
+
+
+def test_the_graph_sees_function_local_imports():
+    edges = import_graph()
+    assert "broaden.lsb.knn.ray" in edges["broaden.lsb.broaden"]  # imported inside _build_on
+    assert "broaden.engines.ray_engine" in edges["broaden.engines"]  # imported inside get_engine
+
+
+def test_no_import_cycle_between_modules():
+    edges = import_graph()
+    found = cycles(edges)
+    assert not found, "\n".join(_explain(c, edges) for c in found)
+
+
+def test_no_import_cycle_between_subpackages():
+    edges = import_graph()
+    packages: dict[str, set[str]] = defaultdict(set)
+    for a, bs in edges.items():
+        for b in bs:
+            # The root façade re-exports lazily (by name, at attribute access); importing it is no layer edge.
+            if subpackage(a) != subpackage(b) and b != "broaden":
+                packages[subpackage(a)].add(subpackage(b))
+    found = cycles(packages)
+    assert not found, "\n".join(_explain(c, edges, subpackage) for c in found)
+
+
+def test_layers():
+    """The rules of DESIGN.md §8 / docs/architecture.md that the graph can check."""
+    edges = import_graph()
+    below = {
+        "broaden.io": {"broaden.errors", "broaden._typing", "broaden.progress"},
+        "broaden.topk": set(),
+        "broaden.metrics": {"broaden.errors"},
+        "broaden.engines": {"broaden.errors", "broaden.io", "broaden.topk", "broaden.progress"},
+    }
+    for a, bs in edges.items():
+        for layer, allowed in below.items():
+            if subpackage(a) == layer:
+                outside = {b for b in bs if subpackage(b) != layer and subpackage(b) not in allowed}
+                assert not outside, f"{a} imports {sorted(outside)}; {layer} may import only {sorted(allowed)}"
+        if subpackage(a) in ("broaden.select", "broaden.lsb"):
+            assert not any(subpackage(b) in ("broaden.models", "broaden.rounds", "broaden.simulate") for b in bs), a
+        if subpackage(a) == "broaden.models":
+            assert not any(subpackage(b) in ("broaden.select", "broaden.lsb") for b in bs), a
+
+
+def test_import_broaden_and_simulate_stay_light():
+    code = ("import sys, broaden, broaden.select;"
+            "heavy = [m for m in ('torch', 'faiss', 'ray', 'transformers', 'cleanlab') if m in sys.modules];"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent)
