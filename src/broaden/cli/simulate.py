@@ -54,8 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed-threshold", type=float, default=0.5, help="τ1 on d(x) (%(default)s)")
     g.add_argument("--k", type=int, default=10, help="neighbours per seed (%(default)s)")
     g.add_argument("--lookalike-threshold", type=float, default=0.5, help="τ2 on the LT score (%(default)s)")
-    g.add_argument("--latent", choices=("tuned", "frozen"), default="tuned",
-                   help="kNN/LT latent: the classifier's hidden layer (tuned) or the encoder output (frozen)")
+    g.add_argument("--latent", choices=("tuned", "frozen", "finetuned"), default="tuned",
+                   help="kNN/LT latent: the classifier's hidden layer (tuned), the encoder output (frozen), or "
+                   "the [CLS] state of the encoder fine-tuned per repeat on its initial labelled set (finetuned; "
+                   "text data; the classifier then uses it too)")
     g.add_argument("--denoise-seeds", action="store_true", help="drop seeds confident learning flags")
     g.add_argument("--variants", default="none",
                    help="extra Stat-AL+LSB-LT groups: none, all, or a list of "

@@ -173,23 +173,44 @@ def train_text(data: str | os.PathLike, out: str | os.PathLike, *, text: Sequenc
     its head with :class:`~broaden.classifier.EmbeddingClassifier`'s defaults (early stop on
     ``eval_fraction``). ``classes`` fixes the class order (names, or the names of indices 0…C−1).
     """
-    from broaden.models.text import configured_max_length, resolve_model_path, torch_threads
-
     text_cols = [text] if isinstance(text, str) else list(text)
+    spec = make_spec(text_cols, label=label, id_col=id_col, pair=pair, encoder=encoder, model_path=model_path,
+                     max_length=max_length)
+    items = read_labeled(data, spec, classes)
+    return fit_text(items, spec, out, epochs=epochs, batch_size=batch_size, lr=lr, eval_fraction=eval_fraction,
+                    patience=patience, seed=seed, num_threads=num_threads, resume=resume, max_steps=max_steps,
+                    cache_dir=cache_dir, tag=Path(data).stem, progress=progress)
+
+
+def make_spec(text_cols: list[str], *, label: str = "label", id_col: str | None = None, pair: bool = False,
+              encoder: str = "frozen", model_path: str | os.PathLike | None = None,
+              max_length: int | None = None) -> TextRunSpec:
+    """A checked :class:`TextRunSpec`; the max length defaults to the mode's, within the encoder's positions."""
+    from broaden.models.text import configured_max_length, resolve_model_path
+
     folder = resolve_model_path(model_path)
     mode_max = FINETUNE_MAX_LENGTH if encoder == "finetune" else configured_max_length(folder)
     positions = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     length = int(max_length or min(mode_max, positions or mode_max))
-    spec = TextRunSpec(text_cols, label, id_col, [], pair, encoder,
+    return TextRunSpec(text_cols, label, id_col, [], pair, encoder,
                        "minilm" if model_path in (None, "minilm") else str(folder.resolve()),
                        encoder_identity(folder, length), length).validate()
-    items = read_labeled(data, spec, classes)
+
+
+def fit_text(items: LabeledText, spec: TextRunSpec, out: str | os.PathLike, *, epochs: int = 5,
+             batch_size: int = 32, lr: float = 4e-5, eval_fraction: float = 0.1, patience: int = 1, seed: int = 0,
+             num_threads: int | None = None, resume: bool = True, max_steps: int | None = None,
+             cache_dir: str | os.PathLike | None = None, tag: str = "data", progress: bool = True) -> TextTrainResult:
+    """Train on labelled texts already in memory and save the run ``out`` (what :func:`train_text` does
+    after reading its file; simulations call it directly)."""
+    from broaden.models.text import torch_threads
+
     spec.class_names = list(items.class_names)
     out = Path(out)
     with torch_threads(num_threads):
         if spec.mode == "frozen":
             summary = _train_frozen(items, spec, out, seed=seed, eval_fraction=eval_fraction,
-                                    cache_dir=cache_dir, tag=Path(data).stem, progress=progress)
+                                    cache_dir=cache_dir, tag=tag, progress=progress)
         else:
             summary = _train_finetune(items, spec, out, epochs=epochs, batch_size=batch_size, lr=lr,
                                       eval_fraction=eval_fraction, patience=patience, seed=seed,

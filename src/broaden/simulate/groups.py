@@ -13,7 +13,7 @@ from broaden.errors import BroadenError
 STAT_AL_MIX = "least_confident,margin,entropy"
 REFERENCE_GROUP = "Stat-AL"
 REFIT_SUFFIX = "(refit)"
-LATENTS = ("tuned", "frozen")
+LATENTS = ("tuned", "frozen", "finetuned")
 
 
 class GroupError(BroadenError, ValueError):
@@ -26,9 +26,11 @@ class GroupSpec:
 
     ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round). LSB groups take ``lsb_share`` of the budget from broadening
     (``lookalike``: keep only neighbours with LT score > τ2) and fill the rest with Stat-AL. ``latent``:
-    ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output. ``discrepancy`` None means
-    the dataset's own kind. ``rank_by`` orders the neighbours when there are more than the share (a rank
-    policy of :mod:`broaden.lsb.strategy`: ``nearest`` = every seed's 1st neighbour, then every 2nd, …).
+    ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output, ``finetuned`` = the [CLS]
+    state of an encoder fine-tuned per repeat (the whole repeat then runs on it: :mod:`.finetune`).
+    ``discrepancy`` None means the dataset's own kind. ``rank_by`` orders the neighbours when there are more
+    than the share (a rank policy of :mod:`broaden.lsb.strategy`: ``nearest`` = every seed's 1st neighbour,
+    then every 2nd, …).
     """
 
     name: str

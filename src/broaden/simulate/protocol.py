@@ -304,6 +304,10 @@ class RepeatRun:
         if sc.kind == "drift":
             stale = initial[in_s[initial]]
             self.given[stale] = data.labels[stale]  # labelled before the change: the old label stays
+        if any(g.latent == "finetuned" for g in self.groups):  # the whole repeat runs on fine-tuned [CLS] states
+            from broaden.simulate.finetune import finetuned_data
+
+            self.data = data = finetuned_data(data, initial, self.given, seed=self.seed)
         model0 = self.fit(initial, self.model_seed(0))
         labeled = np.sort(np.concatenate([initial, recent]))
         recent_probs = model0.predict_proba(data.features[recent]) if len(recent) else None
