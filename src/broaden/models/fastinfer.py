@@ -20,6 +20,7 @@ import torch
 MIN_AGREEMENT = 0.999
 MAX_PROB_ERROR = 1e-2
 CALIBRATION_ITEMS = 256
+MIN_SPEEDUP = 1.15  # a margin: timing noise on a shared machine must not flip the choice run to run
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]
 
@@ -150,7 +151,7 @@ def choose_precision(predict: Callable[[Sequence[str], bool], np.ndarray], sampl
     if agreement < MIN_AGREEMENT or error >= MAX_PROB_ERROR:
         check.reason = (f"bf16 changes predictions (argmax agreement {agreement:.4f}, "
                         f"max probability error {error:.4f})")
-    elif speedup <= 1.0:
+    elif speedup < MIN_SPEEDUP:
         check.reason = f"bf16 is not faster here ({speedup:.2f}x)"
     else:
         check.dtype, check.reason = "bf16", f"bf16 matches fp32 and is {speedup:.2f}x faster"
