@@ -85,15 +85,15 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def part_a(seeds: int, pool_rows: int) -> None:
     from broaden.io import Columns
     from broaden.lsb import build_index
-    from broaden.lsb.broaden import exclusion_set
+    from broaden.io import IdSet
     from broaden.lsb.seeds import load_labeled, select_seeds
 
     pool = generate(f"pool-{pool_rows}", pool_rows, labelled=False, id_base=10**9, seed_base=1000)
     labeled = generate("labeled-300k", 300_000, labelled=True, id_base=0, seed_base=0)
-    view = load_labeled(labeled, kind="nominal", require_embedding=True)
-    rows = select_seeds(view, threshold=0.5, max_seeds=seeds)
+    view = load_labeled(labeled, discrepancy="nominal", require_embedding=True)
+    rows = select_seeds(view, seed_threshold=0.5, max_seeds=seeds)
     queries = view.embeddings(Columns())[rows]
-    excl = exclusion_set(view.keys, None)
+    excl = IdSet(view.keys)
     print(f"pool {pool_rows:,} x {DIM}, {len(rows):,} seeds, k={K}", flush=True)
 
     cache = ROOT / "index-cache-a"
@@ -102,7 +102,7 @@ def part_a(seeds: int, pool_rows: int) -> None:
             f.unlink()
 
     t0 = time.perf_counter()
-    exact = build_index(pool, index="flat", queries=queries, k=K, save=False)
+    exact = build_index(pool, index="flat", queries=queries, k=K, save_index=False)
     truth = exact.search(queries, K, exclude=excl).positions
     t_exact = time.perf_counter() - t0
     print(f"exact flat (streamed faiss.knn + ResultHeap): {t_exact:.1f} s ({len(rows) / t_exact:.0f} q/s)", flush=True)

@@ -46,7 +46,7 @@ else:
     from broaden.io import Pool
     from broaden.lsb.knn import build_index
     q = Pool.of(pool, Columns()).sample(arg, np.random.default_rng(0))
-    kwargs = dict(index="flat", queries=q, k=10, save=False, show_progress=False)
+    kwargs = dict(index="flat", queries=q, k=10, save_index=False, show_progress=False)
     if engine.name == "ray":
         from broaden.lsb.knn.ray import build_sharded_index
         index = build_sharded_index(engine, pool, **kwargs)

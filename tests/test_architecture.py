@@ -114,7 +114,7 @@ def _explain(comp, edges, key=lambda m: m) -> str:
 
 def test_the_graph_sees_function_local_imports():
     edges = import_graph()
-    assert "broaden.lsb.knn.ray" in edges["broaden.lsb.broaden"]  # imported inside _build_on
+    assert "broaden.lsb.knn.ray" in edges["broaden.lsb.pipeline"]  # imported inside _build_on
     assert "broaden.engines.ray_engine" in edges["broaden.engines"]  # imported inside get_engine
 
 
@@ -139,12 +139,15 @@ def test_no_import_cycle_between_subpackages():
 def test_layers():
     """The rules of DESIGN.md §8 / docs/architecture.md that the graph can check."""
     edges = import_graph()
+    leaves = {"broaden.errors", "broaden._lazy"}  # import nothing of ours; anyone may import them
     below = {
-        "broaden.io": {"broaden.errors", "broaden._typing", "broaden.progress"},
-        "broaden.topk": set(),
-        "broaden.metrics": {"broaden.errors"},
-        "broaden.engines": {"broaden.errors", "broaden.io", "broaden.topk", "broaden.progress"},
+        "broaden.io": {*leaves, "broaden._typing", "broaden.progress"},
+        "broaden.topk": leaves,
+        "broaden.metrics": leaves,
+        "broaden.engines": {*leaves, "broaden.io", "broaden.topk", "broaden.progress"},
     }
+    for leaf in leaves:
+        assert not edges.get(leaf), f"{leaf} must import nothing of ours"
     for a, bs in edges.items():
         for layer, allowed in below.items():
             if subpackage(a) == layer:
@@ -157,7 +160,35 @@ def test_layers():
 
 
 def test_import_broaden_and_simulate_stay_light():
-    code = ("import sys, broaden, broaden.select;"
+    code = ("import sys, broaden, broaden.simulate, broaden.select, broaden.report;"
             "heavy = [m for m in ('torch', 'faiss', 'ray', 'transformers', 'cleanlab') if m in sys.modules];"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent)
+
+
+def test_command_functions_come_from_broaden_whatever_was_imported_first():
+    code = """
+import importlib, sys, types
+import broaden
+from broaden import clean, evaluate, select, simulate
+import broaden.select.mix, broaden.models.train, broaden.models.score, broaden.select.cleaning
+assert broaden.select is select and callable(select) and broaden.select.select.__module__ == "broaden.select.mix"
+assert callable(broaden.lsb) and callable(broaden.report) and callable(simulate)
+assert isinstance(broaden.models.train, types.ModuleType) and isinstance(broaden.models.score, types.ModuleType)
+assert callable(broaden.train) and broaden.train.__module__ == "broaden.models.train"
+assert broaden.clean is clean and clean.__module__ == "broaden.select.cleaning" and broaden.select.clean is clean
+assert evaluate.__module__ == "broaden.evaluation"
+from broaden.errors import __all__ as errors
+assert all(getattr(broaden, name) is getattr(importlib.import_module("broaden.errors"), name) for name in errors)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=SRC.parent)
+
+
+def test_broaden_select_called_as_the_command(tmp_path):
+    import numpy as np
+
+    import broaden
+
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), size=50).astype(np.float32)
+    got = broaden.select({"probs": probs}, "entropy", 5)
+    assert got.equals(broaden.select.select({"probs": probs}, "entropy", 5))

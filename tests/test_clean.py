@@ -10,7 +10,7 @@ import pytest
 
 from broaden.cli import main
 from broaden.io import make_scored_table
-from broaden.select.clean import (
+from broaden.select.cleaning import (
     CleaningError, bounded_drop_count, check_not_eval_split, clean, label_issue_mask, label_quality,
 )
 

@@ -148,10 +148,10 @@ SPECS = [
     ("qbc", {"committee_cols": "probs_a,probs_b", "qbc_measure": "kl"}),
     ("hw", {}), ("hw", {"easy_source": "weak", "skip_top": 0.1, "proportions": "0.4,0.3,0.2,0.1"}),
     ("hw", {"dirty_bound": 0.05, "labeled": True}),
-    ("lsb", {"labeled": True, "index": "flat", "seeds": 40}),
-    ("lsb-lt", {"labeled": True, "index": "flat", "seeds": 40, "lookalike_threshold": 0.3}),
+    ("lsb", {"labeled": True, "index": "flat", "max_seeds": 40}),
+    ("lsb-lt", {"labeled": True, "index": "flat", "max_seeds": 40, "lookalike_threshold": 0.3}),
     ("entropy:0.5,margin:0.3,random:0.2", {}),
-    ("lsb:0.3,entropy:0.4,hw:0.3", {"labeled": True, "index": "flat", "seeds": 40}),
+    ("lsb:0.3,entropy:0.4,hw:0.3", {"labeled": True, "index": "flat", "max_seeds": 40}),
 ]
 
 
@@ -233,10 +233,10 @@ def test_sharded_exact_knn_equals_local_and_brute_force(engine, world):
     rng = np.random.default_rng(1)
     q = x[rng.choice(len(x), 30, replace=False)] + 0.01 * rng.normal(size=(30, D)).astype(np.float32)
     excl = ids[1::3]
-    sharded = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=8, save=False)
+    sharded = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=8, save_index=False)
     assert sharded.info["shards"] == 3 and sharded.info["exact"] and sharded.info["index"] == "flat"
     got = sharded.search(q, 8, exclude=excl)
-    local = build_index(pool_dir, index="flat", queries=q, k=8, save=False).search(q, 8, exclude=excl)
+    local = build_index(pool_dir, index="flat", queries=q, k=8, save_index=False).search(q, 8, exclude=excl)
     np.testing.assert_array_equal(got.positions, local.positions)
     np.testing.assert_array_equal(got.similarity, local.similarity)
     # brute force: cosine over the non-excluded rows
@@ -253,9 +253,9 @@ def test_knn_actors_are_reused_and_survive_a_restart(engine, world):
     pool_dir, _ = world
     _, _, x = pool_arrays(pool_dir)
     q = x[:20] + 0.05
-    first = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save=False)
+    first = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save_index=False)
     before = first.search(q, 5)
-    again = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save=False)
+    again = build_sharded_index(engine, pool_dir, index="flat", queries=q, k=5, save_index=False)
     assert again is first and again.info["reused"] and again.actors == first.actors
     ray.kill(first.actors[1], no_restart=False)  # the actor process dies; Ray restarts it and it rebuilds
     after = again.search(q, 5)

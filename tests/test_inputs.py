@@ -80,7 +80,7 @@ def _make(kind: str, arrays: dict, tmp_path: Path, name: str):
     raise AssertionError(kind)
 
 
-LSB_OPTS = dict(seeds=20, seed_threshold=0.4, k=8, index="flat", show_progress=False)
+LSB_OPTS = dict(max_seeds=20, seed_threshold=0.4, k=8, index="flat", show_progress=False)
 
 
 @pytest.fixture(scope="module")

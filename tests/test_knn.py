@@ -57,7 +57,7 @@ def pool_data(rng):
 def test_flat_equals_numpy_brute_force_across_files_and_blocks(tmp_path, pool_data, metric):
     ids, x, q = pool_data
     pool = write_pool(tmp_path / "pool", ids, x)
-    index = build_index(pool, index="flat", metric=metric, queries=q, k=7, save=False)
+    index = build_index(pool, index="flat", metric=metric, queries=q, k=7, save_index=False)
     res = index.search(q, 7, batch_size=1000)  # 6 blocks over 3 files, merged by the heap
     ref_idx, ref_sim = brute_force(q, x, 7, metric)
     np.testing.assert_array_equal(res.ids, ids[ref_idx])
@@ -74,7 +74,7 @@ def test_flat_streams_blocks_never_the_whole_pool(tmp_path, pool_data, monkeypat
         return real(xq, xb, k, metric=metric)
 
     monkeypatch.setattr(knn_mod.faiss, "knn", spy)
-    index = build_index(make_scored_table(ids, embedding=x), index="flat", save=False)
+    index = build_index(make_scored_table(ids, embedding=x), index="flat", save_index=False)
     res = index.search(q, 5, batch_size=500)
     assert max(seen) <= 500 and sum(seen) == len(x)
     np.testing.assert_array_equal(res.ids, ids[brute_force(q, x, 5)[0]])
@@ -87,7 +87,7 @@ def test_exclusion_by_external_id_and_padding(pool_data):
     allowed = ~np.isin(ids, banned)
     ref_idx, _ = brute_force(q, x, 6, allowed=allowed)
     for kind in ("flat", "ivf"):
-        index = build_index(table, index=kind, queries=q, k=6, save=False, target_recall=0.999)
+        index = build_index(table, index=kind, queries=q, k=6, save_index=False, target_recall=0.999)
         res = index.search(q, 6, exclude=banned)
         assert not np.isin(res.ids, banned).any()
         if kind == "flat":
@@ -101,7 +101,7 @@ def test_exclusion_by_external_id_and_padding(pool_data):
 def test_approximate_indexes_reach_recall_target(tmp_path, pool_data, kind, params):
     ids, x, q = pool_data
     index = build_index(make_scored_table(ids, embedding=x), index=kind, queries=q[:150], k=10,
-                        index_params=params, target_recall=0.95, save=False)
+                        index_params=params, target_recall=0.95, save_index=False)
     res = index.search(q[150:], 10)  # queries the calibration never saw
     truth = brute_force(q[150:], x, 10)[0]
     assert recall_at_k(res.positions, truth) >= 0.95
@@ -112,7 +112,7 @@ def test_approximate_indexes_reach_recall_target(tmp_path, pool_data, kind, para
 def test_ivfpq_reports_recall_it_actually_gets(pool_data):
     ids, x, q = pool_data
     # 4-bit sub-quantisers keep the PQ training small enough for a unit test
-    index = build_index(make_scored_table(ids, embedding=x), index="ivfpq", queries=q, k=10, save=False,
+    index = build_index(make_scored_table(ids, embedding=x), index="ivfpq", queries=q, k=10, save_index=False,
                         index_params={"codec": "PQ6x4"})
     cal = index.info["calibration"]
     truth = brute_force(q, x, 10)[0]
@@ -172,7 +172,7 @@ def test_index_params_and_metric_errors_are_broaden_errors(pool_data):
                               ("ivf", {"codec": "XYZ"}, "FAISS rejects index 'IVF.*,XYZ'"),
                               ("hnsw", {"M": "many"}, "M must be a positive integer")]:
         with pytest.raises(BroadenError, match=msg):
-            build_index(table, index=kind, queries=q, k=5, index_params=params, save=False)
+            build_index(table, index=kind, queries=q, k=5, index_params=params, save_index=False)
     with pytest.raises(BroadenError, match="unknown metric 'dot'"):
         build_index(table, index="flat", metric="dot")
 

@@ -64,7 +64,7 @@ def test_seeds_equal_independent_computation(rng, kind):
     labeled, _ = world(rng)
     ids, y, p, _ = arrays(labeled)
     d = ref_discrepancy(y, p, kind)
-    got = seed_bad_cases(labeled, threshold=0.4, max_seeds=50, discrepancy=kind)
+    got = seed_bad_cases(labeled, seed_threshold=0.4, max_seeds=50, discrepancy=kind)
     want = sorted((i for i in range(len(y)) if d[i] > 0.4), key=lambda i: (-d[i], ids[i]))[:50]
     assert got.column("id").to_pylist() == ids[want].tolist()
     np.testing.assert_allclose(got.column("discrepancy").to_numpy(), d[want], rtol=1e-6)
@@ -77,11 +77,11 @@ def test_seed_ties_break_by_id_and_per_class_cap(rng):
     probs = np.array([[0.1, 0.9]] * 6 + [[0.5, 0.5]])
     labels = np.array([0, 0, 0, 1, 0, 0, 0])
     table = make_scored_table([9, 3, 7, 1, 5, 2, 8], probs, None, labels)
-    got = seed_bad_cases(table, threshold=0.5, max_seeds=None)
+    got = seed_bad_cases(table, seed_threshold=0.5, max_seeds=None)
     assert got.column("id").to_pylist() == [2, 3, 5, 7, 9]  # equal d: ids ascending; d = 0.5 is not > τ1
-    capped = seed_bad_cases(table, threshold=0.0, max_seeds=None, per_class_cap=2)
+    capped = seed_bad_cases(table, seed_threshold=0.0, max_seeds=None, per_class_cap=2)
     assert capped.column("id").to_pylist() == [2, 3, 1]  # two of label 0 (d 0.9), then label 1 (d 0.1)
-    assert seed_bad_cases(table, threshold=0.5, max_seeds=2).num_rows == 2
+    assert seed_bad_cases(table, seed_threshold=0.5, max_seeds=2).num_rows == 2
 
 
 def test_denoised_seeds_drop_what_cleanlab_flags(rng):
@@ -91,8 +91,8 @@ def test_denoised_seeds_drop_what_cleanlab_flags(rng):
     ids, y, p, _ = arrays(labeled)
     flagged = find_label_issues(y, p, filter_by="prune_by_noise_rate")
     assert flagged.any()
-    plain = set(seed_bad_cases(labeled, threshold=0.3, max_seeds=None).column("id").to_pylist())
-    clean = set(seed_bad_cases(labeled, threshold=0.3, max_seeds=None, denoise=True).column("id").to_pylist())
+    plain = set(seed_bad_cases(labeled, seed_threshold=0.3, max_seeds=None).column("id").to_pylist())
+    clean = set(seed_bad_cases(labeled, seed_threshold=0.3, max_seeds=None, denoise=True).column("id").to_pylist())
     assert clean == plain - set(ids[flagged].tolist())
 
 
@@ -141,7 +141,7 @@ def test_lsb_union_dedup_exclusion_against_brute_force(rng):
     pid, _, _, px = arrays(pool.append_column("label", pa.nulls(pool.num_rows, pa.int64())))
     excluded = pid[5:40:3].tolist()
     k = 6
-    res = lsb(labeled, pool, seeds=40, seed_threshold=0.4, k=k, index="flat", exclude=excluded)
+    res = lsb(labeled, pool, max_seeds=40, seed_threshold=0.4, k=k, index="flat", exclude=excluded)
     seeds = res.seeds
     sid = seeds.column("id").to_numpy()
     q = np.stack(seeds.column("embedding").to_pylist())
@@ -173,8 +173,8 @@ def test_lsb_union_dedup_exclusion_against_brute_force(rng):
 def test_lookalike_threshold_filters_like_sklearn(rng):
     labeled, pool = world(rng, n_lab=900)
     ids, y, p, x = arrays(labeled)
-    plain = lsb(labeled, pool, seeds=30, seed_threshold=0.4, k=8, index="flat")
-    res = lsb(labeled, pool, seeds=30, seed_threshold=0.4, k=8, index="flat", lookalike_threshold=0.5,
+    plain = lsb(labeled, pool, max_seeds=30, seed_threshold=0.4, k=8, index="flat")
+    res = lsb(labeled, pool, max_seeds=30, seed_threshold=0.4, k=8, index="flat", lookalike_threshold=0.5,
               lookalike_holdout=0)
     d = ref_discrepancy(y, p, "ordinal")
     rows = (d > 0.4) | (p.argmax(1) == y)
@@ -187,13 +187,13 @@ def test_lookalike_threshold_filters_like_sklearn(rng):
     want = dict(zip(plain.candidates.column("id").to_pylist(), ref_score))
     assert all(got[i] == pytest.approx(want[i], abs=1e-6) for i in got)
     # bad cases concentrate in hard clusters, so the held-out AUC of the default model is well above chance
-    assert lsb(labeled, pool, seeds=30, seed_threshold=0.4, k=8, index="flat",
+    assert lsb(labeled, pool, max_seeds=30, seed_threshold=0.4, k=8, index="flat",
                lookalike_threshold=0.5).stats["lookalike_auc"] > 0.7
 
 
 def test_case_study_lists_seed_and_its_neighbours(rng):
     labeled, pool = world(rng)
-    res = lsb(labeled, pool, seeds=10, seed_threshold=0.4, k=3, index="flat", lookalike_threshold=0.5,
+    res = lsb(labeled, pool, max_seeds=10, seed_threshold=0.4, k=3, index="flat", lookalike_threshold=0.5,
               case_study=2)
     assert len(res.case_study) == 2
     first = res.case_study[0]
@@ -210,13 +210,13 @@ def test_embedding_dimension_mismatch_is_a_clear_error(rng):
     labeled, pool = world(rng)
     short = make_scored_table(pool.column("id").to_numpy(), embedding=np.zeros((pool.num_rows, 5), np.float32))
     with pytest.raises(ScoredTableError, match="dimension mismatch in column 'embedding'.*16.*5"):
-        lsb(labeled, short, seeds=5, seed_threshold=0.4)
+        lsb(labeled, short, max_seeds=5, seed_threshold=0.4)
 
 
 def test_embedding_col_selects_the_latent(rng):
     labeled, pool = world(rng)
     lab = labeled.append_column("hidden", labeled.column("embedding"))
-    res = lsb(lab, pool.rename_columns(["id", "probs", "hidden", "text"]), seeds=5, seed_threshold=0.4, k=2,
+    res = lsb(lab, pool.rename_columns(["id", "probs", "hidden", "text"]), max_seeds=5, seed_threshold=0.4, k=2,
               embedding_col="hidden", index="flat")
     assert res.candidates.num_rows > 0 and "hidden" in res.candidates.schema.names
 
@@ -273,12 +273,12 @@ def test_select_mixes_statistical_al_and_lsb(rng):
     from broaden.select import select
 
     labeled, pool = world(rng)
-    out = select(pool, "entropy:0.5,lsb:0.25,lsb-lt:0.25", 40, labeled=labeled, seed_threshold=0.4, seeds=30,
+    out = select(pool, "entropy:0.5,lsb:0.25,lsb-lt:0.25", 40, labeled=labeled, seed_threshold=0.4, max_seeds=30,
                  index="flat")
     strategies = out.column("strategy").to_pylist()
     assert out.num_rows == 40 and len(set(out.column("id").to_pylist())) == 40
     assert strategies.count("lsb") == 10 and strategies.count("lsb-lt") == 10
-    broadened = lsb(labeled, pool, seeds=30, seed_threshold=0.4, k=10, index="flat", lookalike_threshold=0.5)
+    broadened = lsb(labeled, pool, max_seeds=30, seed_threshold=0.4, k=10, index="flat", lookalike_threshold=0.5)
     cand = dict(zip(broadened.candidates.column("id").to_pylist(),
                     broadened.candidates.column("lookalike_score").to_pylist()))
     lt_rows = [r for r in out.to_pylist() if r["strategy"] == "lsb-lt"]
@@ -305,7 +305,7 @@ def test_select_cli_passes_lsb_options(tmp_path, rng):
                  "--labeled", str(tmp_path / "lab.parquet"), "--out", str(out), "--seed-threshold", "0.4",
                  "--seeds", "25", "--lookalike-threshold", "0.6", "--index", "flat", "--k", "7"]) == 0
     rows = [r for r in pq.read_table(out).to_pylist() if r["strategy"] == "lsb-lt"]
-    ref = lsb(labeled, pool, seeds=25, seed_threshold=0.4, k=7, index="flat", lookalike_threshold=0.6)
+    ref = lsb(labeled, pool, max_seeds=25, seed_threshold=0.4, k=7, index="flat", lookalike_threshold=0.6)
     allowed = set(ref.candidates.column("id").to_pylist())
     assert rows and all(r["lookalike_score"] > 0.6 and r["neighbor_rank"] <= 7 for r in rows)
     assert {r["id"] for r in rows} <= allowed
@@ -315,7 +315,7 @@ def test_select_lsb_sizes_k_by_the_seeds_found(rng):
     from broaden.select import select
 
     labeled, pool = world(rng)
-    few = seed_bad_cases(labeled, threshold=0.62, max_seeds=None)
+    few = seed_bad_cases(labeled, seed_threshold=0.62, max_seeds=None)
     n_seeds = few.num_rows
     assert 0 < n_seeds < 50  # far below the default cap of 1000 seeds
     budget = 12 * n_seeds  # more than k=10 neighbours per seed can ever give

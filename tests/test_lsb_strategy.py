@@ -34,17 +34,17 @@ def test_rank_policies_match_hand_orders():
 
 def test_select_ranks_lsb_by_the_requested_policy(rng):
     labeled, pool = world(rng)
-    ref = lsb(labeled, pool, seeds=30, seed_threshold=0.4, k=10, index="flat").candidates
+    ref = lsb(labeled, pool, max_seeds=30, seed_threshold=0.4, k=10, index="flat").candidates
     ids, sim = ref.column("id").to_numpy(), ref.column("similarity").to_numpy().astype(np.float64)
     rank = ref.column("neighbor_rank").to_numpy()
-    out = select(pool, "lsb", 25, labeled=labeled, seeds=30, seed_threshold=0.4, k=10, index="flat",
+    out = select(pool, "lsb", 25, labeled=labeled, max_seeds=30, seed_threshold=0.4, k=10, index="flat",
                  rank_by="nearest")
     assert out.column("id").to_pylist() == ids[np.lexsort((ids, -sim, rank))][:25].tolist()
 
 
 def test_fill_widens_k_until_the_share_is_filled(rng):
     labeled, pool = world(rng)
-    opts = dict(seeds=5, seed_threshold=0.4, k=2, index="flat", lookalike_threshold=0.5)
+    opts = dict(max_seeds=5, seed_threshold=0.4, k=2, index="flat", lookalike_threshold=0.5)
     plain = select(pool, "lsb-lt:0.5,entropy:0.5", 60, labeled=labeled, **opts)
     n_plain = plain.column("strategy").to_pylist().count("lsb-lt")
     assert n_plain < 30  # 5 seeds × k=2 cannot fill 30 slots: the shortfall went to entropy
@@ -60,7 +60,7 @@ def test_fill_widens_k_until_the_share_is_filled(rng):
 
 def test_report_carries_the_lookalike_holdout(rng):
     labeled, pool = world(rng)
-    _, reports = select(pool, "lsb-lt", 20, labeled=labeled, seeds=30, seed_threshold=0.4, index="flat",
+    _, reports = select(pool, "lsb-lt", 20, labeled=labeled, max_seeds=30, seed_threshold=0.4, index="flat",
                         return_details=True)
     res = reports["lsb-lt"]
     held = res.heldout

@@ -1,4 +1,7 @@
-"""Exception types shared by every part of broaden (imports nothing of ours)."""
+"""Every exception type of broaden, in one module (imports nothing of ours).
+
+The modules that raise them re-export the ones they own (``broaden.select.SelectionError`` is this
+``SelectionError``), so either import works."""
 from __future__ import annotations
 
 
@@ -32,3 +35,7 @@ class KNNError(BroadenError, ValueError):
 
 class EngineError(BroadenError, ValueError):
     """Bad engine request: unknown engine name, Ray not installed, cluster unreachable."""
+
+
+__all__ = ["BroadenError", "ConfigError", "DatasetError", "EngineError", "KNNError", "OutputError", "ScoredTableError",
+           "SelectionError"]

@@ -38,6 +38,6 @@ def evaluate(
         raise ScoredTableError(f"{source}: column {columns.label!r} has no labelled rows to evaluate")
     probs = io.list_matrix(table.column(columns.probs), dtype=np.float64)
     try:
-        return evaluate_arrays(labels[keep], probs[keep], positive=positive, discrepancy_kind=discrepancy)
+        return evaluate_arrays(labels[keep], probs[keep], positive=positive, discrepancy=discrepancy)
     except ValueError as exc:  # --positive outside the table's classes, a one-class table, …
         raise ScoredTableError(f"{source}: column {columns.probs!r}: {exc}") from exc

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from broaden._lazy import renamed
+
 PRECISION_LEVELS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 FPR_LEVELS: tuple[float, ...] = (0.01,)
 
@@ -243,12 +245,13 @@ def multiclass_view(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------- summary
+@renamed(discrepancy_kind="discrepancy")
 def evaluate(
     labels: np.ndarray,
     probs: np.ndarray,
     *,
     positive: Iterable[int] | None = None,
-    discrepancy_kind: str = "ordinal",
+    discrepancy: str = "ordinal",
 ) -> dict:
     """All DESIGN §4 metrics for labelled items: the binary view, Eq. 11, Eq. 12 and the multi-class view.
 
@@ -271,7 +274,7 @@ def evaluate(
     out["f1"] = f1_at(y, s)
     out["recall_at_precision"] = recall_at_precision(y, s, _pts=pts)
     out["tpr_at_fpr"] = tpr_at_fpr(y, s, _pts=pts)
-    out["multiclass_loss"] = multiclass_loss(labels, probs, discrepancy_kind)
+    out["multiclass_loss"] = multiclass_loss(labels, probs, discrepancy)
     out["max_beta_variance"] = max_beta_variance(y, s, _pts=pts)
     out.update(multiclass_view(labels, probs))
     return out
@@ -302,3 +305,32 @@ def to_jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ------------------------------------------------------------------------------- the metric names
+#: The paper's Table 2 metrics, once for every table that shows them (simulation results, the report, the
+#: terminal): (flat name in result files, display name, path in :func:`evaluate`'s output).
+TABLE2: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("auc", "AUC", ("auc",)),
+    ("f1", "F1", ("f1",)),
+    *((f"r_at_p{round(p * 100)}", f"R@P{round(p * 100)}", ("recall_at_precision", _key(p))) for p in PRECISION_LEVELS),
+    *((f"tpr_at_fpr{round(f * 100)}", f"TPR@{round(f * 100)}%FPR", ("tpr_at_fpr", _key(f))) for f in FPR_LEVELS),
+    ("max_beta_variance", "max Var", ("max_beta_variance",)),
+    ("multiclass_loss", "MC loss", ("multiclass_loss",)),
+    ("accuracy", "Acc", ("accuracy",)),
+    ("macro_f1", "macro-F1", ("macro_f1",)),
+)
+#: Display names by flat name (Table 2 and the other per-round metrics the tables show).
+METRIC_NAMES: dict[str, str] = {key: name for key, name, _ in TABLE2}
+
+
+def flat_metrics(ev: dict) -> dict:
+    """:func:`evaluate`'s nested output under the result format's flat names, in :data:`TABLE2` order
+    (None where ``ev`` lacks a metric)."""
+    out = {}
+    for key, _, path in TABLE2:
+        value = ev
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        out[key] = value
+    return out

@@ -59,7 +59,7 @@ def diagnose(labeled, *, recent=None, k: int = 10, seed_threshold: float = 0.5, 
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    view = load_labeled(labeled, kind=discrepancy, columns=columns, require_embedding=True)
+    view = load_labeled(labeled, discrepancy=discrepancy, columns=columns, require_embedding=True)
     n = len(view.labels)
     bad = view.d > seed_threshold
     in_recent = np.ones(n, dtype=bool)

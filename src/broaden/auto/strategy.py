@@ -35,4 +35,5 @@ def resolve_auto(labeled, options: dict, *, columns, seed: int = 0) -> tuple[dic
     return allocation.mix(), {"allocation": allocation, "diagnosis": diagnosis}
 
 
-register_mix(AUTO, resolve_auto)
+register_mix(AUTO, resolve_auto, options=("auto_history", "auto_recent", "auto_floor", "auto_decay",
+                                           "seed_threshold", "discrepancy", "committee_cols"))

@@ -1,4 +1,4 @@
-"""``broaden clean``: rank likely mislabelled rows of a labelled table (calls broaden.select.clean)."""
+"""``broaden clean``: rank likely mislabelled rows of a labelled table (calls broaden.select.cleaning)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from broaden.cli.common import add_column_flags, columns_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from broaden.select.clean import METHODS, QUALITY_SCORES
+    from broaden.select.cleaning import METHODS, QUALITY_SCORES
 
     p = subparsers.add_parser(
         "clean", help="rank likely mislabelled items of a labelled table (confident learning)",
@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broaden.select.clean import clean
+    from broaden.select.cleaning import clean
 
     table = clean(args.labeled, out=args.out, columns=columns_from_args(args), max_share=args.max_share,
                   method=args.method, score=args.score, logits=args.logits)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d.to_dict(), indent=2))
         return 0
-    from broaden.reporting.tables import fmt, make_console, print_table
+    from broaden.console import fmt, make_console, print_table
 
     rows = [("labelled items", str(d.n_labeled)), ("recent partition", str(d.n_recent)),
             ("bad cases in it", str(d.n_bad)), ("base rate of bad cases", fmt(d.base_rate)),

@@ -40,7 +40,7 @@ def short_names(paths: list[str]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from broaden.evaluation import evaluate
     from broaden.metrics import to_jsonable
-    from broaden.reporting.tables import print_metrics_table
+    from broaden.console import print_metrics_table
 
     results = [
         evaluate(path, positive=args.positive, discrepancy=args.discrepancy,

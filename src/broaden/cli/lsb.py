@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", required=True, help="scored pool (Parquet file or directory)")
     p.add_argument("--out", required=True, help="candidates Parquet file (written atomically)")
     g = p.add_argument_group("seeds")
-    g.add_argument("--seeds", type=int, default=1000, help="at most this many seeds (default %(default)s)")
+    g.add_argument("--max-seeds", "--seeds", dest="max_seeds", type=int, default=1000,
+                   help="at most this many seeds (default %(default)s; --seeds is the old name)")
     g.add_argument("--seed-threshold", type=float, default=0.5, help="T1: seeds have d > T1 (default %(default)s)")
     g.add_argument("--discrepancy", choices=("ordinal", "nominal"), default="ordinal",
                    help="d(x): ordinal |y-E[x]|/(C-1) for graded labels, nominal 1-p_y for unordered classes")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             check_writable(path, f"{flag} file")
     with engine_from_args(args) as engine:
         result = lsb(
-            args.labeled, args.pool, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
+            args.labeled, args.pool, max_seeds=args.max_seeds, seed_threshold=args.seed_threshold, k=args.k,
             lookalike_threshold=args.lookalike_threshold, index=args.index, exclude=args.exclude,
             metric=args.metric, discrepancy=args.discrepancy, per_class_cap=args.per_class_cap,
             denoise=args.denoise_seeds, columns=columns_from_args(args), target_recall=args.target_recall,

@@ -192,7 +192,7 @@ def run_finish(args: argparse.Namespace) -> int:
     print(f"round {r.round} finished: trained {r.model_id} on {r.trained_on} labelled items"
           + (f" ({r.pending} pending, {r.tied} tied left out)" if r.pending or r.tied else ""))
     if r.metrics:
-        from broaden.reporting.tables import print_metrics_table
+        from broaden.console import print_metrics_table
 
         print_metrics_table({f"round {r.round}": to_jsonable(r.metrics)})
     return 0

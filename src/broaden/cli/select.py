@@ -20,7 +20,7 @@ OPTIONS = {
     "--uncertainty": ("uncertainty", str, "hw: entropy (default), margin or least_confident"),
     "--dirty-bound": ("dirty_bound", float, "hw + --labeled: relabel the worst suspected mislabels until "
                       "at most this share of the labelled set is suspect"),
-    "--seeds": ("seeds", int, "lsb: at most this many seed bad cases (1000)"),
+    "--max-seeds": ("max_seeds", int, "lsb: at most this many seed bad cases (1000; --seeds is the old name)"),
     "--seed-threshold": ("seed_threshold", float, "lsb: T1, seeds have discrepancy d > T1 (0.5)"),
     "--discrepancy": ("discrepancy", str, "lsb: ordinal |y-E[x]|/(C-1) (default) or nominal 1-p_y"),
     "--per-class-cap": ("per_class_cap", int, "lsb: at most this many seeds per label"),
@@ -34,6 +34,9 @@ OPTIONS = {
     "--memory-gb": ("memory_gb", float, "lsb: memory budget for the index (8)"),
     "--index-dir": ("index_dir", str, "lsb: where saved indexes live (default beside the pool)"),
 }
+
+# Old flag names kept for one release (docs/architecture.md, glossary).
+OLD_FLAGS = {"--max-seeds": ("--seeds",)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_column_flags(p)
     add_engine_flags(p)
     g = p.add_argument_group("strategy options (qbc, hw, lsb/lsb-lt); unset ones keep the API defaults")
-    for flag, (_, typ, text) in OPTIONS.items():
-        g.add_argument(flag, type=typ, help=text)
+    for flag, (name, typ, text) in OPTIONS.items():
+        g.add_argument(flag, *OLD_FLAGS.get(flag, ()), dest=name, type=typ, help=text)
     g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,
                    help="lsb: drop seeds that confident learning flags as likely mislabelled")
     g.add_argument("--fill", action="store_const", const=True,

@@ -6,10 +6,13 @@ backends in :data:`BACKENDS`, and :class:`LookalikeModel`.
 """
 from __future__ import annotations
 
-from broaden.lsb.broaden import LSBResult, lsb
+from broaden.lsb.pipeline import LSBResult, lsb
+from broaden._lazy import command_package
 from broaden.lsb.knn import BACKENDS, INDEX_KINDS, Capabilities, KNNIndex, Neighbors, build_index
 from broaden.lsb.lookalike import LookalikeModel
 from broaden.lsb.seeds import seed_bad_cases
+
+command_package(__name__)  # ``broaden.lsb(...)`` is ``broaden.lsb.lsb(...)``
 
 __all__ = [
     "BACKENDS", "INDEX_KINDS", "Capabilities", "KNNIndex", "LSBResult", "LookalikeModel", "Neighbors",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from broaden._lazy import renamed
 from broaden._typing import LabeledLike
 from broaden.errors import BroadenError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix, load_scored
@@ -45,12 +46,12 @@ class LabeledView:
         return rows, bad[rows].astype(np.int64)
 
 
-def load_labeled(labeled: LabeledLike, *, kind: str = "ordinal", columns: Columns = DEFAULT_COLUMNS,
+def load_labeled(labeled: LabeledLike, *, discrepancy: str = "ordinal", columns: Columns = DEFAULT_COLUMNS,
                  require_embedding: bool = False, logits: bool = False) -> LabeledView:
     """Load and validate a labelled scored table (any input :func:`broaden.io.inputs.as_scored` takes) and
     compute d(x) for its labelled rows."""
-    if kind not in DISCREPANCIES:
-        raise SeedError(f"unknown discrepancy {kind!r}; choose one of {', '.join(DISCREPANCIES)}")
+    if discrepancy not in DISCREPANCIES:
+        raise SeedError(f"unknown discrepancy {discrepancy!r}; choose one of {', '.join(DISCREPANCIES)}")
     require = ("id", "label", "probs") + (("embedding",) if require_embedding else ())
     table = load_scored(labeled, columns=columns, require=require, logits=logits, what="labelled table")
     labels = labels_array(table.column(columns.label))
@@ -61,24 +62,24 @@ def load_labeled(labeled: LabeledLike, *, kind: str = "ordinal", columns: Column
         table = table.filter(pa.array(keep))
         labels = labels[keep]
     probs = list_matrix(table.column(columns.probs), dtype=np.float64)
-    return LabeledView(table, labels, probs, probs.argmax(axis=1), _discrepancy(labels, probs, kind),
+    return LabeledView(table, labels, probs, probs.argmax(axis=1), _discrepancy(labels, probs, discrepancy),
                        id_keys(table.column(columns.id)))
 
 
-def select_seeds(view: LabeledView, *, threshold: float, max_seeds: int | None,
+def select_seeds(view: LabeledView, *, seed_threshold: float, max_seeds: int | None,
                  per_class_cap: int | None = None, denoise: bool = False) -> np.ndarray:
     """Row indices of the seeds in ``view``, best (largest d, then smallest id) first."""
-    if not 0 <= threshold < 1:
-        raise SeedError(f"seed_threshold (τ1, --seed-threshold) must be in [0, 1), got {threshold}")
-    for name, cap in (("max seeds", max_seeds), ("per-class cap", per_class_cap)):
+    if not 0 <= seed_threshold < 1:
+        raise SeedError(f"seed_threshold (τ1) must be in [0, 1), got {seed_threshold}")
+    for name, cap in (("max_seeds", max_seeds), ("per_class_cap", per_class_cap)):
         if cap is not None and cap < 0:
             raise SeedError(f"{name} must be >= 0, got {cap}")
-    eligible = view.d > threshold
+    eligible = view.d > seed_threshold
     if denoise:
         try:
-            from broaden.select.clean import label_issue_mask
+            from broaden.select.cleaning import label_issue_mask
         except ImportError as exc:  # pragma: no cover - ships with broaden
-            raise SeedError("seed denoising needs broaden.select.clean (confident learning)") from exc
+            raise SeedError("seed denoising needs broaden.select.cleaning (confident learning)") from exc
         # Flagged over the whole labelled set: confident learning estimates per-class thresholds from it.
         eligible &= ~label_issue_mask(view.labels, view.probs)
     rows = np.flatnonzero(eligible)
@@ -107,10 +108,11 @@ def seeds_table(view: LabeledView, rows: np.ndarray, columns: Columns) -> pa.Tab
     return pa.table({**front, **rest})
 
 
+@renamed(threshold="seed_threshold")
 def seed_bad_cases(
     labeled: LabeledLike,
     *,
-    threshold: float = 0.5,
+    seed_threshold: float = 0.5,
     max_seeds: int | None = 1000,
     discrepancy: str = "ordinal",
     per_class_cap: int | None = None,
@@ -118,13 +120,14 @@ def seed_bad_cases(
     columns: Columns = DEFAULT_COLUMNS,
     logits: bool = False,
 ) -> pa.Table:
-    """Seed bad cases of a labelled scored table (path, table, DataFrame, …): d > ``threshold``, best first.
+    """Seed bad cases of a labelled scored table (path, table, DataFrame, …): d > ``seed_threshold``,
+    best first.
 
     ``per_class_cap`` bounds the seeds per human label; ``denoise`` drops items that confident learning
-    (cleanlab, via :func:`broaden.select.clean.label_issue_mask`) flags as likely mislabelled, since
+    (cleanlab, via :func:`broaden.select.cleaning.label_issue_mask`) flags as likely mislabelled, since
     broadening around a labelling mistake buys correctly-labelled look-alikes.
     """
-    view = load_labeled(labeled, kind=discrepancy, columns=columns, logits=logits)
-    rows = select_seeds(view, threshold=threshold, max_seeds=max_seeds, per_class_cap=per_class_cap,
+    view = load_labeled(labeled, discrepancy=discrepancy, columns=columns, logits=logits)
+    rows = select_seeds(view, seed_threshold=seed_threshold, max_seeds=max_seeds, per_class_cap=per_class_cap,
                         denoise=denoise)
     return seeds_table(view, rows, columns)

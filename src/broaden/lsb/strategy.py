@@ -15,7 +15,7 @@ Rank policies (option ``rank_by``), ties always by id (:func:`broaden.topk.rank_
 - ``nearest``: every seed's 1st neighbour, then every 2nd, … (similarity breaks ties), so one dense
   region cannot eat the share; score = similarity.
 
-Other options (keyword arguments of ``broaden.select.select``) go to :func:`broaden.lsb.lsb`: ``seeds``,
+Other options (keyword arguments of ``broaden.select.select``) go to :func:`broaden.lsb.lsb`: ``max_seeds``,
 ``seed_threshold``, ``k``, ``lookalike_threshold``, ``index``, ``metric``, ``discrepancy``,
 ``per_class_cap``, ``denoise``, ``target_recall``, ``memory_gb``, ``index_dir``, ``save_index``,
 ``case_study``. Without ``k``, each seed contributes enough neighbours for the strategy's share:
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 
 import numpy as np
 import pyarrow as pa
 
 from broaden.io import id_keys
-from broaden.lsb.broaden import LSBResult, lsb
+from broaden.lsb.pipeline import LSBResult, lsb
 from broaden.lsb.lookalike import LookalikeError
 from broaden.lsb.seeds import load_labeled, select_seeds
 from broaden.errors import SelectionError
@@ -45,7 +46,7 @@ from broaden.io.pool import Pool
 from broaden.select.registry import SelectContext, register_strategy
 from broaden.topk import rank_order
 
-LSB_OPTIONS = ("seeds", "seed_threshold", "k", "lookalike_threshold", "index", "metric", "discrepancy",
+LSB_OPTIONS = ("max_seeds", "seed_threshold", "k", "lookalike_threshold", "index", "metric", "discrepancy",
                "per_class_cap", "denoise", "target_recall", "memory_gb", "index_dir", "save_index", "case_study")
 DEFAULT_LOOKALIKE_THRESHOLD = 0.5
 PROVENANCE = ("seed_id", "seed_ids", "neighbor_rank", "similarity", "lookalike_score")
@@ -70,17 +71,21 @@ def rank_candidates(candidates: pa.Table, rank_by: str, id_col: str = "id") -> t
 
 
 def _lsb_options(ctx: SelectContext) -> dict:
-    return {k: v for k, v in ctx.options.items() if k in LSB_OPTIONS and v is not None}
+    options = dict(ctx.options)
+    if "seeds" in options:  # the glossary's old name (docs/architecture.md)
+        warnings.warn("the select option seeds= is deprecated, use max_seeds=", DeprecationWarning, stacklevel=4)
+        options.setdefault("max_seeds", options.pop("seeds"))
+    return {k: v for k, v in options.items() if k in LSB_OPTIONS and v is not None}
 
 
 def _initial_k(labeled, n: int, opts: dict, ctx: SelectContext):
     """k sized by the seeds there really are (a cap of 1000 with only 50 bad cases needs 20× more depth),
     and the labelled table validated once so :func:`lsb` need not read it again."""
     defaults = {p.name: p.default for p in inspect.signature(lsb).parameters.values()}
-    view = load_labeled(labeled, kind=opts.get("discrepancy", defaults["discrepancy"]), columns=ctx.columns,
+    view = load_labeled(labeled, discrepancy=opts.get("discrepancy", defaults["discrepancy"]), columns=ctx.columns,
                         require_embedding=True)
-    seeds = select_seeds(view, threshold=opts.get("seed_threshold", defaults["seed_threshold"]),
-                         max_seeds=opts.get("seeds", defaults["seeds"]), per_class_cap=opts.get("per_class_cap"),
+    seeds = select_seeds(view, seed_threshold=opts.get("seed_threshold", defaults["seed_threshold"]),
+                         max_seeds=opts.get("max_seeds", defaults["max_seeds"]), per_class_cap=opts.get("per_class_cap"),
                          denoise=bool(opts.get("denoise", defaults["denoise"])))
     return max(10, math.ceil(2 * n / max(1, len(seeds)))), view.table
 
@@ -139,5 +144,6 @@ def lsb_lt_strategy(pool, n: int, ctx: SelectContext) -> tuple[np.ndarray, np.nd
     return _ranked(pool, n, ctx, name="lsb-lt")
 
 
-register_strategy("lsb", lsb_strategy, needs_labeled=True)
-register_strategy("lsb-lt", lsb_lt_strategy, needs_labeled=True)
+OPTIONS = (*LSB_OPTIONS, "fill", "rank_by", "seeds")  # seeds: deprecated name of max_seeds
+register_strategy("lsb", lsb_strategy, needs_labeled=True, options=OPTIONS)
+register_strategy("lsb-lt", lsb_lt_strategy, needs_labeled=True, options=OPTIONS)

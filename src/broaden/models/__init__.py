@@ -7,8 +7,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "train": "train", "TrainResult": "train", "ItemError": "train",
-    "score": "score", "ScoreResult": "score",
+    # The functions train and score are not re-exported: broaden.models.train and .score are the modules
+    # whatever was imported first (the commands are broaden.train and broaden.score).
+    "TrainResult": "train", "ItemError": "train", "ScoreResult": "score",
     "load_model": "checkpoint", "save_model": "checkpoint", "LoadedModel": "checkpoint",
     "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config", "ItemColumns": "config",
     "ConfigError": "config", "load_run_config": "config", "run_config_from_dict": "config",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from broaden._lazy import command_package
 from broaden.report.sources import ReportError
 
 DEFAULT_NAME = "report.html"
@@ -27,5 +28,7 @@ def report(dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path
     data = load(source, target.resolve().parent)
     return write_text(render_page(data), target)
 
+
+command_package(__name__)  # ``broaden.report(...)`` is ``broaden.report.report(...)``
 
 __all__ = ["ReportError", "report"]

@@ -15,7 +15,7 @@ from broaden.metrics import mean_std, roc_auc
 from broaden.report import plots
 from broaden.report.data import ExplorerCase, ExplorerItem, MetricColumn, MetricTable, ReportData
 from broaden.report.safe import Markup, h, join
-from broaden.reporting.tables import fmt
+from broaden.console import fmt
 
 TEXT_PREVIEW_CHARS = 600
 

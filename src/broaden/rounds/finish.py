@@ -86,4 +86,4 @@ def _evaluate(ws: Workspace, clf, trained_version: str) -> tuple[dict, np.ndarra
         raise WorkspaceError(f"{cfg.eval}: eval embeddings are version {version!r}, the classifier was trained on "
                              f"{trained_version!r}; evaluate with embeddings of one version")
     X, y = matrix(table, cols.embedding), io.labels_array(table.column(cols.label))
-    return evaluate(y, clf.predict_proba(X), positive=cfg.positive, discrepancy_kind=cfg.discrepancy), X, y
+    return evaluate(y, clf.predict_proba(X), positive=cfg.positive, discrepancy=cfg.discrepancy), X, y

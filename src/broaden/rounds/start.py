@@ -68,7 +68,7 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
         run_seed = (cfg.seed if seed is None else seed) + number
         excluded = ws.excluded_keys(ledger)
         options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
-                   "seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
+                   "max_seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
         allocation = None
         if is_auto(strategy):
             batch, reports = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed,

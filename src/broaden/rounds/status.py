@@ -129,7 +129,7 @@ def _diagnosis(ws: Workspace, ledger) -> dict | None:
 
 
 def print_status(report: dict) -> None:
-    from broaden.reporting.tables import fmt, make_console, print_table
+    from broaden.console import fmt, make_console, print_table
 
     console = make_console()
     rows = []

@@ -5,7 +5,7 @@ the second keeps a running top-k per class), seeded and deterministic:
 
 1. Relabel (only with ``labeled`` and ``dirty_bound``): labelled rows that confident learning flags as
    mislabelled — only as many of the worst as keep the suspected share of the labelled set at or below
-   ``dirty_bound`` (:func:`broaden.select.clean.label_issue_mask`) — and that are in the pool come first,
+   ``dirty_bound`` (:func:`broaden.select.cleaning.label_issue_mask`) — and that are in the pool come first,
    score = 1 − label quality. The probabilities in the labelled table must be out-of-sample. Every other
    labelled id is skipped (it is already annotated).
 2. Per-class quotas by predicted class (argmax of ``probs``): ``proportions`` (weights per class) or, by
@@ -25,14 +25,14 @@ uncertainty (margin reported as the margin).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from broaden.errors import SelectionError
 from broaden.io import IdSet, Pool, check_same_classes, id_keys, labels_array, list_matrix, load_scored
 from broaden.select import scores as S
-from broaden.select.clean import rank_label_issues
+from broaden.select.cleaning import rank_label_issues
 from broaden.select.mix import largest_remainder
 from broaden.select.registry import SelectContext, register_strategy
 from broaden.select.strategies import batch_probs, random_keys
@@ -279,4 +279,4 @@ def _concat(parts):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-register_strategy("hw", hw_strategy)
+register_strategy("hw", hw_strategy, options=tuple(f.name for f in fields(HWOptions)))

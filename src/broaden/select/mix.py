@@ -39,7 +39,7 @@ from broaden.io.ids import as_ids
 from broaden.io.inputs import as_scored
 from broaden.io.pool import Pool
 from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns, check_writable, write_table
-from broaden.select.registry import SelectContext, check_labeled, get_mix, get_strategy
+from broaden.select.registry import SelectContext, check_labeled, check_options, get_mix, get_strategy
 
 def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
     """``"entropy:0.6,margin:0.4"`` (or a dict) → [(name, share), …] with shares summing to 1."""
@@ -132,6 +132,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         raise SelectionError(f"batch size must be a positive integer, got {batch_size!r}")
     if out is not None:
         check_writable(out)  # a bad --out fails now, not after the pool scans
+    check_options(options)
     mix_report = None
     resolve = get_mix(strategy.strip()) if isinstance(strategy, str) else None
     if resolve is not None:  # a name standing for a mix (``auto``), resolved from the run's data

@@ -60,22 +60,46 @@ class Strategy:
     name: str
     fn: StrategyFn
     needs_labeled: bool = False
+    #: The option names the strategy reads (None: undeclared, then no option is checked).
+    options: tuple[str, ...] | None = None
 
 
 _REGISTRY: dict[str, Strategy] = {}
 _MIXES: dict[str, MixResolver] = {}
+_MIX_OPTIONS: dict[str, tuple[str, ...]] = {}
+#: Options every strategy may be given.
+COMMON_OPTIONS = ("show_progress",)
 
 
-def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False) -> StrategyFn:
-    """Make ``fn`` available as ``--strategy name`` (re-registering a name replaces it)."""
-    _REGISTRY[name] = Strategy(name, fn, needs_labeled)
+def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False,
+                      options: tuple[str, ...] | None = None) -> StrategyFn:
+    """Make ``fn`` available as ``--strategy name`` (re-registering a name replaces it); ``options`` are the
+    option names it reads from ``ctx.options`` (checked by :func:`check_options`)."""
+    _REGISTRY[name] = Strategy(name, fn, needs_labeled, None if options is None else tuple(options))
     return fn
 
 
-def register_mix(name: str, resolve: MixResolver) -> MixResolver:
-    """Make ``--strategy name`` stand for the mix ``resolve`` returns for the run's labelled set and options;
-    its report is kept under ``name`` in ``select(..., return_details=True)``."""
+def check_options(options: dict) -> None:
+    """Strategy options are typed: a name no registered strategy or mix reads (a typo such as
+    ``easy_shares``) is an error naming it and the accepted ones, never silently ignored."""
+    if not options:
+        return
+    _load_plugins()
+    if any(s.options is None for s in _REGISTRY.values()):
+        return  # a plugin that does not declare its options may read any
+    accepted = {*COMMON_OPTIONS, *(o for s in _REGISTRY.values() for o in s.options),
+                *(o for opts in _MIX_OPTIONS.values() for o in opts)}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise SelectionError(f"unknown strategy option(s) {', '.join(map(repr, unknown))}; accepted: "
+                             f"{', '.join(sorted(accepted))}")
+
+
+def register_mix(name: str, resolve: MixResolver, options: tuple[str, ...] = ()) -> MixResolver:
+    """Make ``--strategy name`` stand for the mix ``resolve`` returns for the run's labelled set and options
+    (``options``: the names it reads); its report is kept under ``name`` in ``select(..., return_details=True)``."""
     _MIXES[name] = resolve
+    _MIX_OPTIONS[name] = tuple(options)
     return resolve
 
 

@@ -116,7 +116,7 @@ def qbc_strategy(pool, n: int, ctx: SelectContext):
     return stream_top(pool, n, ctx, priority, prob_cols=cols, description=f"qbc {measure}")
 
 
-register_strategy("random", random_strategy)
+register_strategy("random", random_strategy, options=())
 for _kind in S.UNCERTAINTY:
-    register_strategy(_kind, uncertainty_strategy(_kind))
-register_strategy("qbc", qbc_strategy)
+    register_strategy(_kind, uncertainty_strategy(_kind), options=())
+register_strategy("qbc", qbc_strategy, options=("committee_cols", "qbc_measure"))

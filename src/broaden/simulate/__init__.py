@@ -7,12 +7,18 @@ tables), :mod:`runner` (resumable K repeats). Output format: docs/results-format
 """
 from __future__ import annotations
 
-from broaden.simulate.data import SimData, load_sim_data, pair_features
-from broaden.simulate.groups import STAT_AL_MIX, VARIANTS, GroupSpec, build_groups
-from broaden.simulate.protocol import TABLE1_METRICS, TABLE2_METRICS, SimConfig
-from broaden.simulate.runner import SimulationError, demo, simulate
+from broaden._lazy import command_package, lazy_exports
 
-__all__ = [
-    "STAT_AL_MIX", "TABLE1_METRICS", "TABLE2_METRICS", "VARIANTS", "GroupSpec", "SimConfig", "SimData",
-    "SimulationError", "build_groups", "demo", "load_sim_data", "pair_features", "simulate",
-]
+# Loaded on first use: the protocol needs torch, and ``import broaden.simulate`` must not (issue 15).
+_EXPORTS = {
+    "SimData": "broaden.simulate.data", "load_sim_data": "broaden.simulate.data", "pair_features": "broaden.simulate.data",
+    "STAT_AL_MIX": "broaden.simulate.groups", "VARIANTS": "broaden.simulate.groups",
+    "GroupSpec": "broaden.simulate.groups", "build_groups": "broaden.simulate.groups",
+    "TABLE1_METRICS": "broaden.simulate.protocol", "TABLE2_METRICS": "broaden.simulate.protocol",
+    "SimConfig": "broaden.simulate.protocol",
+    "SimulationError": "broaden.simulate.runner", "demo": "broaden.simulate.runner", "simulate": "broaden.simulate.runner",
+}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+command_package(__name__)  # ``broaden.simulate(...)`` is ``broaden.simulate.simulate(...)``
+
+__all__ = sorted(_EXPORTS)

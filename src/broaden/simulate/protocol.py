@@ -24,7 +24,7 @@ import pyarrow as pa
 from broaden.models.classifier import EmbeddingClassifier
 from broaden.io import make_scored_table
 from broaden.metrics import discrepancy as _discrepancy
-from broaden.metrics import evaluate, roc_auc
+from broaden.metrics import evaluate, flat_metrics, roc_auc
 from broaden.simulate.data import SimData
 from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
 from broaden.simulate.lsb_report import LSBReport
@@ -89,12 +89,8 @@ def table2_metrics(labels: np.ndarray, probs: np.ndarray, kind: str,
                    in_s: np.ndarray | None = None) -> tuple[dict, list]:
     """DESIGN §4 metrics flattened to the result format's names (plus the macro one-vs-rest AUC and, with a
     sub-population mask ``in_s``, its metrics), and the confusion matrix."""
-    ev = evaluate(labels, probs, discrepancy_kind=kind)
-    flat = {"auc": ev["auc"], "f1": ev["f1"]}
-    flat.update({f"r_at_p{round(float(k) * 100)}": v for k, v in ev["recall_at_precision"].items()})
-    flat["tpr_at_fpr1"] = ev["tpr_at_fpr"]["0.01"]
-    for key in ("max_beta_variance", "multiclass_loss", "accuracy", "macro_f1"):
-        flat[key] = ev[key]
+    ev = evaluate(labels, probs, discrepancy=kind)
+    flat = flat_metrics(ev)
     flat["auc_macro"] = macro_auc(labels, probs)
     if in_s is not None:
         flat.update(subpop_metrics(labels, probs, in_s))
@@ -281,7 +277,7 @@ class RepeatRun:
         mix = {self.lsb_strategy(spec): share, "least_confident": stat, "margin": stat, "entropy": stat}
         # τ2 = 0 fits and scores LT without filtering (a sigmoid is > 0): LT-ranked neighbours.
         tau2 = cfg.lookalike_threshold if spec.lookalike else (0.0 if spec.rank_by == "lookalike" else None)
-        options = {"seeds": cfg.seeds, "seed_threshold": cfg.seed_threshold, "k": cfg.k,
+        options = {"max_seeds": cfg.seeds, "seed_threshold": cfg.seed_threshold, "k": cfg.k,
                    "lookalike_threshold": tau2, "index": cfg.index, "discrepancy": spec.discrepancy or self.kind,
                    "denoise": spec.denoise, "rank_by": spec.rank_by, "save_index": False,
                    "case_study": cfg.case_study_seeds, "show_progress": False, "fill": cfg.lsb_fill}

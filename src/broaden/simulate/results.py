@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from broaden.io import write_text
-from broaden.metrics import to_jsonable
+from broaden.metrics import METRIC_NAMES, to_jsonable
 from broaden.simulate.groups import REFERENCE_GROUP, REFIT_SUFFIX
 from broaden.simulate.protocol import TABLE1_METRICS, TABLE2_METRICS
 from broaden.simulate.stats import paired_test, summarize
@@ -131,10 +131,9 @@ def write_results(out: Path, results: dict) -> None:
 # ------------------------------------------------------------------------------------ printing
 TABLE1_COLUMNS = (("MC loss", "multiclass_loss"), ("yield", "yield"), ("conf. yield", "confident_yield"),
                   ("noisy", "noisy_share"))
-TABLE2_COLUMNS = (("AUC", "auc"), ("F1", "f1"), ("R@P40", "r_at_p40"), ("R@P50", "r_at_p50"),
-                  ("R@P60", "r_at_p60"), ("R@P70", "r_at_p70"), ("R@P80", "r_at_p80"), ("R@P90", "r_at_p90"),
-                  ("TPR@1%FPR", "tpr_at_fpr1"), ("max Var", "max_beta_variance"), ("Acc", "accuracy"),
-                  ("macro-F1", "macro_f1"))
+TABLE2_COLUMNS = tuple((METRIC_NAMES[k], k) for k in (
+    "auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70", "r_at_p80", "r_at_p90", "tpr_at_fpr1",
+    "max_beta_variance", "accuracy", "macro_f1"))
 ROUND_COLUMNS = (("MC loss", "table1", "multiclass_loss"), ("yield", "table1", "yield"),
                  ("conf. yield", "table1", "confident_yield"), ("AUC", "table2", "auc"),
                  ("Acc", "table2", "accuracy"), ("macro-F1", "table2", "macro_f1"))
@@ -149,7 +148,7 @@ SUBPOP_VERSUS = (("table1", "s_captured", "Δ S captured"), ("table2", "s_accura
 
 
 def _pm(summary: dict) -> str:
-    from broaden.reporting.tables import fmt
+    from broaden.console import fmt
 
     if summary["mean"] is None:
         return "–"
@@ -166,7 +165,7 @@ def _versus(test: dict) -> str:
 
 def print_tables(results: dict, console=None) -> None:
     """Table 1, Table 2, the per-round trend, the LSB summary and the paired comparison, as rich tables."""
-    from broaden.reporting.tables import fmt, make_console, print_table
+    from broaden.console import fmt, make_console, print_table
 
     console = console or make_console()
     cfg, n = results["config"], len(results["repeats_done"])

@@ -191,7 +191,7 @@ def describe_clusters(data, cls: int, k: int, *, seed: int = 0) -> list[dict]:
 
 def print_clusters(data, spec: str, *, seed: int = 0, console=None) -> list[dict]:
     """``kmeans:CLASS:K``: print the clusters a user can choose from (and return them)."""
-    from broaden.reporting.tables import make_console, print_table
+    from broaden.console import make_console, print_table
 
     _, cls, k = _parts(spec, 3, "kmeans:CLASS:K")
     index = class_index(data, cls)

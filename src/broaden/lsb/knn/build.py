@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from broaden._lazy import renamed
 from broaden.errors import KNNError, ScoredTableError
 from broaden.io.pool import Pool
 from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns
@@ -24,6 +25,7 @@ from broaden.lsb.knn.index import KNNIndex
 from broaden.progress import track
 
 
+@renamed(save="save_index")
 def build_index(
     pool,
     *,
@@ -35,7 +37,7 @@ def build_index(
     target_recall: float = 0.95,
     memory_gb: float = 8.0,
     index_dir: str | os.PathLike | None = None,
-    save: bool = True,
+    save_index: bool = True,
     index_params: dict | None = None,
     calibration_size: int = 256,
     seed: int = 0,
@@ -56,7 +58,7 @@ def build_index(
     n = source.num_rows
     k = min(k, n)  # calibration's exact top-k heaps are sized by k; no query has more than n neighbours
     n_queries = 0 if queries is None else len(queries)
-    cache = store.IndexCache.for_pool(source, metric, index_dir) if save and not source.is_table else None
+    cache = store.IndexCache.for_pool(source, metric, index_dir) if save_index and not source.is_table else None
     cached = cache.valid_backends() if cache is not None else {}
     if index == "auto":
         choice = auto.choose(n, dim, n_queries=n_queries, memory_gb=memory_gb, cached=cached)

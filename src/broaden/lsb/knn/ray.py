@@ -20,6 +20,7 @@ import ray
 
 from broaden.engines.ray_engine import ACTOR_RESTARTS, TASK_RETRIES, RayEngine, gather
 from broaden.engines.shards import Shard
+from broaden._lazy import renamed
 from broaden.errors import KNNError
 from broaden.io.ids import IdSet
 from broaden.io.pool import Pool
@@ -134,9 +135,10 @@ class ShardedIndex:
         self.actors = []
 
 
+@renamed(save="save_index")
 def build_sharded_index(engine: RayEngine, pool, *, columns: Columns = DEFAULT_COLUMNS,
                         queries: np.ndarray | None = None, index: str = "auto", metric: str = "cosine",
-                        index_dir=None, save: bool = True, show_progress: bool = True, **kwargs) -> ShardedIndex:
+                        index_dir=None, save_index: bool = True, show_progress: bool = True, **kwargs) -> ShardedIndex:
     """One Ray actor per shard of ``engine`` runs :func:`~broaden.lsb.knn.build.build_index` (same
     arguments) on its units.
 
@@ -148,7 +150,7 @@ def build_sharded_index(engine: RayEngine, pool, *, columns: Columns = DEFAULT_C
     pool = source.data
     dim = check_request(source, index=index, metric=metric, queries=queries)
     shards = engine.plan(pool)
-    settings = dict(kwargs, index=index, metric=metric, save=save)
+    settings = dict(kwargs, index=index, metric=metric, save_index=save_index)
     key = None
     held = engine.held
     if not source.is_table:
@@ -161,7 +163,7 @@ def build_sharded_index(engine: RayEngine, pool, *, columns: Columns = DEFAULT_C
             cached.info = dict(cached.info, reused=True)
             return cached
     root = None
-    if save and not source.is_table:
+    if save_index and not source.is_table:
         root = str(Path(index_dir) / "shards" if index_dir is not None else default_dir(Path(pool)) / "shards")
     threads = max(1, int(engine.cpus // len(shards)))
     q_ref = ray.put(None if queries is None else np.asarray(queries, np.float32))

@@ -11,20 +11,17 @@ import pyarrow as pa
 
 from broaden import io
 from broaden.errors import BroadenError
-from broaden.metrics import discrepancy
+from broaden.metrics import METRIC_NAMES, discrepancy
+from broaden.metrics import flat_metrics as metrics_flat
 from broaden.report.data import ExplorerCase, ExplorerData, MetricColumn
 
 MAX_CASES = 300
 
 TABLE2_COLUMNS = (
-    MetricColumn("auc", "AUC"),
-    MetricColumn("f1", "F1"),
-    *(MetricColumn(f"r_at_p{p}", f"R@P{p}") for p in (40, 50, 60, 70, 80, 90)),
-    MetricColumn("tpr_at_fpr1", "TPR@1%FPR"),
-    MetricColumn("accuracy", "Acc"),
-    MetricColumn("macro_f1", "macro-F1"),
-    MetricColumn("multiclass_loss", "MC loss", higher_is_better=False),
-    MetricColumn("max_beta_variance", "max Var", higher_is_better=False, digits=4),
+    *(MetricColumn(k, METRIC_NAMES[k]) for k in ("auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70",
+                                                  "r_at_p80", "r_at_p90", "tpr_at_fpr1", "accuracy", "macro_f1")),
+    MetricColumn("multiclass_loss", METRIC_NAMES["multiclass_loss"], higher_is_better=False),
+    MetricColumn("max_beta_variance", METRIC_NAMES["max_beta_variance"], higher_is_better=False, digits=4),
 )
 
 
@@ -54,11 +51,7 @@ def read_parquet(paths: Iterable[Path], columns: list[str] | None = None) -> pa.
 
 def flat_metrics(ev: Mapping) -> dict[str, float]:
     """:func:`broaden.metrics.evaluate` output under the result format's flat names (Table 2 columns)."""
-    flat = {k: ev.get(k) for k in ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")}
-    for key, value in (ev.get("recall_at_precision") or {}).items():
-        flat[f"r_at_p{round(float(key) * 100)}"] = value
-    flat["tpr_at_fpr1"] = (ev.get("tpr_at_fpr") or {}).get("0.01")
-    return {k: (math.nan if v is None else float(v)) for k, v in flat.items()}
+    return {k: (math.nan if v is None else float(v)) for k, v in metrics_flat(dict(ev)).items()}
 
 
 def item_discrepancy(label, probs, kind: str) -> float | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
+from broaden._lazy import renamed
 from broaden._typing import IdsLike, LabeledLike, PoolLike
 from broaden.engines import engine_scope
 from broaden.errors import ScoredTableError
@@ -47,11 +48,12 @@ class LSBResult:
     heldout: pa.Table | None = None
 
 
+@renamed(seeds="max_seeds")
 def lsb(
     labeled: LabeledLike,
     pool: PoolLike,
     *,
-    seeds: int | None = 1000,
+    max_seeds: int | None = 1000,
     seed_threshold: float = 0.5,
     k: int = 10,
     lookalike_threshold: float | None = None,
@@ -80,7 +82,7 @@ def lsb(
 
     ``labeled`` and ``pool`` are scored tables: a Parquet path (the pool is streamed), an Arrow table, a
     pandas/polars DataFrame, a Hugging Face dataset or a dict of arrays (:func:`broaden.io.inputs.as_scored`);
-    ``exclude`` takes what :func:`broaden.io.ids.as_ids` takes. ``seeds`` caps the seed
+    ``exclude`` takes what :func:`broaden.io.ids.as_ids` takes. ``max_seeds`` caps the seed
     count (τ1 = ``seed_threshold``), ``k`` neighbours per seed. Items already labelled or in ``exclude``
     are never returned. The Lookalike Threshold runs when ``lookalike_threshold`` (τ2) is given or a
     fitted/saved ``lookalike`` model is passed. ``embedding_col`` picks the latent used for kNN and LT.
@@ -96,8 +98,8 @@ def lsb(
                              f"within 0 … 1, got {lookalike_threshold}")
     cols = replace(columns, embedding=embedding_col) if embedding_col else columns
     labeled = as_scored(labeled, columns=cols, what="labeled")
-    view = load_labeled(labeled, kind=discrepancy, columns=cols, require_embedding=True, logits=logits)
-    seed_rows = select_seeds(view, threshold=seed_threshold, max_seeds=seeds, per_class_cap=per_class_cap,
+    view = load_labeled(labeled, discrepancy=discrepancy, columns=cols, require_embedding=True, logits=logits)
+    seed_rows = select_seeds(view, seed_threshold=seed_threshold, max_seeds=max_seeds, per_class_cap=per_class_cap,
                              denoise=denoise)
     seeds_t = seeds_table(view, seed_rows, cols)
     labeled_emb = view.embeddings(cols)
@@ -123,7 +125,7 @@ def lsb(
     with engine_scope(engine) as runner:
         knn = _build_on(runner, source, index=index, metric=metric, columns=cols, queries=queries, k=k,
                         target_recall=target_recall, memory_gb=memory_gb, index_dir=index_dir,
-                        save=save_index, index_params=index_params, seed=seed, show_progress=show_progress)
+                        save_index=save_index, index_params=index_params, seed=seed, show_progress=show_progress)
         positions = (knn.search(queries, k, exclude=excl, show_progress=show_progress).positions if len(queries)
                      else np.full((0, k), -1, dtype=np.int64))
         pool_ids, index_info = knn.ids, knn.info

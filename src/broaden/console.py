@@ -1,4 +1,4 @@
-"""Rich tables in the shape of the paper's Table 2 (one row per run / file / group)."""
+"""Terminal tables (rich) in the shape of the paper's Table 2: one row per run, file or group."""
 from __future__ import annotations
 
 import math
@@ -8,15 +8,13 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("AUC", ("auc",)),
-    ("F1", ("f1",)),
-    *((f"R@P{int(float(k) * 100)}", ("recall_at_precision", k)) for k in ("0.4", "0.5", "0.6", "0.7", "0.8", "0.9")),
-    ("TPR@1%FPR", ("tpr_at_fpr", "0.01")),
-    ("MC loss", ("multiclass_loss",)),
-    ("max Var", ("max_beta_variance",)),
-    ("Acc", ("accuracy",)),
-    ("macro-F1", ("macro_f1",)),
+from broaden.metrics import TABLE2
+
+# The terminal's Table 2 columns, in this order; names and paths from the one table in broaden.metrics.
+_PATHS = {key: (name, path) for key, name, path in TABLE2}
+METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    _PATHS[key] for key in ("auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70", "r_at_p80", "r_at_p90",
+                            "tpr_at_fpr1", "multiclass_loss", "max_beta_variance", "accuracy", "macro_f1")
 )
 
 

@@ -1,1 +1,0 @@
-"""Terminal presentation of results (rich tables); the HTML report lives in broaden.report."""
