@@ -2,7 +2,7 @@
 # Where broadening pays off (issue 18, DESIGN §3a): drift and blind-spot scenarios next to i.i.d. data, with
 # the fair control (Stat-AL on the snapshot refit with the recent batch), K = 8 paired repeats.
 # Usage: benchmarks/run_scenarios.sh [OUT_ROOT] [DATASET ...]   (datasets: clickbait ag_news mnist)
-# Each run holds /tmp/broaden-heavy.lock and is resumable (finished repeats are reused).
+# Each run holds $LOCK (default /tmp/broaden-heavy.lock) and is resumable (finished repeats are reused).
 # The --strategy auto benchmark (issue 20) is the same runs over 4 rounds with the Auto group:
 #   ROUNDS=4 GROUPS_ARG="Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5,Auto" \
 #     benchmarks/run_scenarios.sh runs/auto
@@ -13,6 +13,7 @@ shift || true
 DATASETS=("$@")
 [ ${#DATASETS[@]} -eq 0 ] && DATASETS=(clickbait ag_news mnist)
 BROADEN=${BROADEN:-.venv/bin/broaden}
+LOCK=${LOCK:-/tmp/broaden-heavy.lock}  # another lock file lets two runs share a machine with free cores
 REPEATS=${REPEATS:-8}
 ROUNDS=${ROUNDS:-1}
 GROUPS_ARG=${GROUPS_ARG:-"Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"}
@@ -23,7 +24,7 @@ sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAM
   local name=$1; shift
   echo "== $name: broaden simulate $* --out $OUT_ROOT/$name"
   /usr/bin/time -f "$name: %e s wall, %U s user, %M KB peak RSS" \
-    flock /tmp/broaden-heavy.lock "$BROADEN" simulate "$@" "${COMMON[@]}" --out "$OUT_ROOT/$name"
+    flock "$LOCK" "$BROADEN" simulate "$@" "${COMMON[@]}" --out "$OUT_ROOT/$name"
 }
 
 for ds in "${DATASETS[@]}"; do

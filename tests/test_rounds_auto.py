@@ -53,3 +53,19 @@ def test_auto_rounds_record_values_and_follow_them(tmp_path, capsys):
     assert main(["status", str(ws)]) == 0
     out = capsys.readouterr().out
     assert "measured value per strategy" in out and "(auto)" in out
+
+
+def test_report_draws_the_auto_shares(tmp_path):
+    from broaden.report import report
+
+    world = make_world(tmp_path)
+    ws = new_workspace(world, strategy="auto", discrepancy="nominal", lookalike_threshold=0.3, seed_threshold=0.4)
+    round_start(ws, world.pool1)
+    batch = pq.read_table(ws / "rounds/0001/batch.parquet")
+    labels = {k: world.oracle[k] for k in map(str, batch.column("id").to_pylist())}
+    round_import(ws, fill_csv(ws / "rounds/0001/export/batch.csv", tmp_path / "r1.csv", labels))
+    round_finish(ws)
+    report(ws, out=tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert "--strategy auto: share of the budget per strategy" in html
+    assert "Measured value per strategy" in html and "error clustering" in html

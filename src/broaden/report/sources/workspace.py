@@ -71,6 +71,8 @@ def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
         rounds = [dict(r) for r in ledger.rounds()]
         items = [dict(r) for r in ledger.items()]
         votes = ledger.votes()
+        allocations = {r["round"]: json.loads(a) for r in rounds
+                       if (a := ledger.get_meta(f"allocation:{r['round']}"))}
     labels = {key: res.label for key, res in resolve_votes(votes).items() if res.label is not None}
     for it in items:
         it["label"] = labels.get((it["item_key"], it["round"]))
@@ -90,7 +92,11 @@ def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
             list(TABLE2_COLUMNS), {f"round {n}": {k: [v] for k, v in flat_metrics(ev).items()}
                                    for n, ev in sorted(evals.items())}, row_header="round")
     data.curves = _curves(path, finished)
-    data.trends = _trends(evals, items, batches, cfg)
+    data.trends = (_trends(evals, items, batches, cfg) or []) + _auto_panels(allocations, metrics) or None
+    if allocations:
+        last = allocations[max(allocations)]
+        if last.get("diagnosis"):
+            data.meta["error clustering"] = last["diagnosis"]["reading"]
     data.lookalike = _lookalike(items, cfg)
     data.explorer = _explorer(items, batches, _batch_schema(path, rounds), cfg, ctx)
     latest = max(evals) if evals else None
@@ -207,6 +213,24 @@ def _trends(evals: dict, items: list[dict], batches: dict, cfg) -> list[TrendPan
         panels.append(TrendPanel("Bad-case yield per strategy",
                                  f"posterior mean, {YIELD_LEVEL:.0%} interval", series))
     return panels or None
+
+
+def _auto_panels(allocations: dict[int, dict], metrics: dict[int, dict]) -> list[TrendPanel]:
+    """--strategy auto: the share each arm got per round, and each strategy's measured value per round."""
+    panels = []
+    arms = sorted({a for alloc in allocations.values() for a in alloc["shares"]})
+    if arms:
+        rs = sorted(allocations)
+        panels.append(TrendPanel("--strategy auto: share of the budget per strategy", "share",
+                                 [Series(a, rs, [allocations[r]["shares"].get(a, np.nan) for r in rs]) for a in arms]))
+    values = {n: m["strategy_values"] for n, m in metrics.items() if m.get("strategy_values")}
+    names = sorted({s for v in values.values() for s in v})
+    if names:
+        rs = sorted(values)
+        panels.append(TrendPanel("Measured value per strategy (log-loss lost per item without its items)",
+                                 "value per item", [Series(s, rs, [(values[r].get(s) or {}).get("value", np.nan)
+                                                                   for r in rs]) for s in names]))
+    return panels
 
 
 def _lookalike(items: list[dict], cfg) -> list[LookalikeData] | None:
