@@ -192,3 +192,18 @@ def test_broaden_select_called_as_the_command(tmp_path):
     probs = np.random.default_rng(0).dirichlet(np.ones(3), size=50).astype(np.float32)
     got = broaden.select({"probs": probs}, "entropy", 5)
     assert got.equals(broaden.select.select({"probs": probs}, "entropy", 5))
+
+
+def test_every_exception_type_is_exported_from_errors():
+    import broaden.errors as errors
+
+    defined = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", "").endswith(("Error", "Exception")) or getattr(b, "id", "") == "WorkspaceError"
+                    for b in node.bases):
+                defined.add(node.name)
+    missing = sorted(defined - set(errors.__all__))
+    assert not missing, f"add {missing} to broaden.errors"
+    assert all(issubclass(getattr(errors, name), errors.BroadenError) for name in errors.__all__)

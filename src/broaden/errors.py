@@ -37,5 +37,44 @@ class EngineError(BroadenError, ValueError):
     """Bad engine request: unknown engine name, Ray not installed, cluster unreachable."""
 
 
-__all__ = ["BroadenError", "ConfigError", "DatasetError", "EngineError", "KNNError", "OutputError", "ScoredTableError",
-           "SelectionError"]
+
+class SeedError(BroadenError, ValueError):
+    """Bad seed request (threshold, caps, discrepancy kind) or a labelled table without labels."""
+
+
+class LookalikeError(BroadenError, ValueError):
+    """The Lookalike Threshold cannot be fitted or loaded (one class only, bad file, wrong dimension)."""
+
+
+class CleaningError(BroadenError, ValueError):
+    """Bad input to label cleaning (shapes, label range, refusing an evaluation split)."""
+
+
+class ClassifierError(BroadenError):
+    """Bad training input or an unreadable saved classifier."""
+
+
+# Exception types still defined beside the code that raises them (simulate, report, models, rounds) are
+# exported from here too, loaded on first use so that this module keeps importing nothing of ours.
+_ELSEWHERE = {
+    "GroupError": "broaden.simulate.groups", "OracleError": "broaden.simulate.oracle",
+    "SimulationError": "broaden.simulate.runner", "ScenarioError": "broaden.simulate.scenario",
+    "ReportError": "broaden.report.sources.common", "AudioError": "broaden.models.audio",
+    "ModelPathError": "broaden.models.text", "FrameError": "broaden.models.visual", "ItemError": "broaden.models.train",
+    "LabelStudioError": "broaden.rounds.labelstudio", "ImportRejected": "broaden.rounds.annotate",
+    "LedgerError": "broaden.rounds.schema", "WorkspaceError": "broaden.rounds.workspace",
+    "EvaluationLeakError": "broaden.rounds.workspace",
+}
+
+
+def __getattr__(name: str):
+    if name not in _ELSEWHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+
+
+__all__ = sorted(["BroadenError", "ClassifierError", "CleaningError", "ConfigError", "DatasetError", "EngineError",
+                  "KNNError", "LookalikeError", "OutputError", "ScoredTableError", "SeedError", "SelectionError",
+                  *_ELSEWHERE])

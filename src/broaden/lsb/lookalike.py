@@ -15,14 +15,10 @@ import os
 import numpy as np
 from scipy.special import expit
 
-from broaden.errors import BroadenError
+from broaden.errors import LookalikeError
 from broaden.io import write_text
 
 FORMAT = "broaden.lookalike/1"
-
-
-class LookalikeError(BroadenError, ValueError):
-    """The Lookalike Threshold cannot be fitted or loaded (one class only, bad file, wrong dimension)."""
 
 
 class LookalikeModel:

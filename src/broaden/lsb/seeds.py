@@ -14,15 +14,11 @@ import pyarrow as pa
 
 from broaden._lazy import renamed
 from broaden._typing import LabeledLike
-from broaden.errors import BroadenError
+from broaden.errors import SeedError
 from broaden.io import DEFAULT_COLUMNS, Columns, id_keys, labels_array, list_matrix, load_scored
 from broaden.metrics import discrepancy as _discrepancy
 
 DISCREPANCIES = ("ordinal", "nominal")
-
-
-class SeedError(BroadenError, ValueError):
-    """Bad seed request (threshold, caps, discrepancy kind) or a labelled table without labels."""
 
 
 @dataclass

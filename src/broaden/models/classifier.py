@@ -17,17 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from broaden.errors import BroadenError
+from broaden.errors import ClassifierError
 from broaden.io import atomic_dir
 from broaden.models.text import torch_threads as _threads
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
 FORMAT_VERSION = 1
-
-
-class ClassifierError(BroadenError):
-    """Bad training input or an unreadable saved classifier."""
 
 
 def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, dropout: float) -> nn.Sequential:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from broaden._typing import ArrayLike, LabeledLike
-from broaden.errors import BroadenError
+from broaden.errors import CleaningError
 from broaden.io import (
     DEFAULT_COLUMNS, Columns, as_scored, check_writable, labels_array, list_matrix, load_scored, source_name, write_table,
 )
@@ -36,10 +36,6 @@ QUALITY_SCORES = ("self_confidence", "normalized_margin", "confidence_weighted_e
 EVAL_SPLITS = frozenset({"test", "eval", "evaluation", "val", "valid", "validation", "dev", "holdout"})
 SPLIT_COLUMN = "split"
 SPLIT_METADATA_KEY = b"broaden.split"
-
-
-class CleaningError(BroadenError, ValueError):
-    """Bad input to label cleaning (shapes, label range, refusing an evaluation split)."""
 
 
 def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
