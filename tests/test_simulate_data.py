@@ -182,3 +182,20 @@ def test_cli_bad_inputs_are_named(tmp_path, capsys):
     pq.write_table(pa.table(rows), path)
     assert main(["simulate", "--data", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "column 'embedding', row 4 (id 'u003'): embedding has 5 values, row 1 has 9" in " ".join(capsys.readouterr().err.split())
+
+
+def test_simulate_takes_the_same_data_in_memory(tmp_path):
+    """A pandas DataFrame, an Arrow table or a dict of arrays gives the same results as the Parquet file."""
+    from broaden.simulate import simulate
+
+    path = tmp_path / "own.parquet"
+    rows, _ = write_embedding_parquet(path)
+    settings = dict(budget=30, initial=80, repeats=1, k=4, classifier=CLF, groups=["Stat-AL", "Stat-AL+LSB-LT"],
+                    print_results=False, progress=False)
+    from_file = simulate(path, out=tmp_path / "file", **settings)
+    pd = pytest.importorskip("pandas")
+    for name, data in (("pandas", pd.DataFrame(rows)), ("arrow", pa.table(rows)), ("dict", dict(rows))):
+        res = simulate(data, out=tmp_path / name, **settings)
+        assert res["table2"] == from_file["table2"] and res["table1"] == from_file["table1"], name
+    with pytest.raises(TypeError, match="cannot read a int"):
+        simulate(42, out=tmp_path / "bad", **settings)

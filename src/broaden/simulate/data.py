@@ -325,28 +325,42 @@ def load_own_data(
     path: str | os.PathLike,
     *,
     id_col: str = "id",
+    text_cols: Sequence[str] | str | None = None,
+    **options,
+) -> SimData:
+    """Your own data (CSV / JSONL / Parquet) as :class:`SimData`; see :func:`own_data_from_table`."""
+    path = Path(path)
+    text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols or ())
+    table = read_data_file(path, [id_col, *text_cols])
+    return own_data_from_table(table, name=path.stem, source=str(path), id_col=id_col, text_cols=text_cols,
+                               **options)
+
+
+def own_data_from_table(
+    table: pa.Table,
+    *,
+    name: str = "data",
+    id_col: str = "id",
     label_col: str = "label",
     text_cols: Sequence[str] | str | None = None,
     embedding_col: str | None = None,
     split_col: str | None = None,
     **options,
 ) -> SimData:
-    """Your own data (CSV / JSONL / Parquet) as :class:`SimData`; see :func:`sim_data_from_table`.
+    """Own data already in memory as :class:`SimData`, with the defaults of a data file.
 
     Defaults: the features are the ``embedding`` column when there is one and no ``text_cols`` are
     named, else the ``text`` column; a ``split`` column, when present, fixes train/test.
     """
-    path = Path(path)
     text_cols = [text_cols] if isinstance(text_cols, str) else list(text_cols or ())
-    table = read_data_file(path, [id_col, *text_cols])
     if not text_cols and embedding_col is None:
         embedding_col = "embedding" if "embedding" in table.column_names else None
     if not text_cols and "text" in table.column_names:
         text_cols = ["text"]  # with an embedding these are only shown (reports, cluster terms), not encoded
     if split_col is None and "split" in table.column_names:
         split_col = "split"
-    return sim_data_from_table(table, name=path.stem, id_col=id_col, label_col=label_col, text_cols=text_cols,
-                               embedding_col=embedding_col, split_col=split_col, source=str(path), **options)
+    return sim_data_from_table(table, name=name, id_col=id_col, label_col=label_col, text_cols=text_cols,
+                               embedding_col=embedding_col, split_col=split_col, **options)
 
 
 def load_sim_data(

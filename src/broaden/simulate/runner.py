@@ -18,7 +18,7 @@ from broaden.errors import BroadenError
 from broaden.io import write_table, write_text
 from broaden.metrics import to_jsonable
 from broaden.datasets.verify import sha256_file
-from broaden.simulate.data import SimData, load_own_data, load_sim_data, own_data_path
+from broaden.simulate.data import SimData, load_own_data, load_sim_data, own_data_from_table, own_data_path
 from broaden.simulate.groups import build_groups
 from broaden.simulate.oracle import check_confusion, load_confusion, noise_confusion
 from broaden.simulate.protocol import RepeatRun, SimConfig
@@ -45,6 +45,8 @@ def _data_digest(data: SimData) -> str:
     h.update(np.asarray(data.ids).astype(str).astype("U").tobytes())
     h.update(data.labels.tobytes())
     h.update(data.is_test.tobytes())
+    # In-memory data has no file digest: the features themselves say whether a resumed run is the same.
+    h.update(np.ascontiguousarray(data.features).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -153,8 +155,9 @@ def simulate(
     """Run the paper's Tables 1–2 protocol (§4.1.2) with an oracle; returns the results.json content.
 
     ``dataset`` is a registered name (features from the cached frozen encoder), a CSV / JSONL / Parquet
-    file (:func:`load_own_data` with ``data_options``; ``class_groups`` then merges classes) or a ready
-    :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring). ``scenario``,
+    file (:func:`load_own_data` with ``data_options``; ``class_groups`` then merges classes), the same data
+    in memory (a pandas / polars DataFrame, Arrow table, Hugging Face dataset or dict of arrays, through
+    :func:`broaden.io.inputs.as_scored` and the same ``data_options``) or a ready :class:`SimData`. Finished repeats in ``out`` are reused (see module docstring). ``scenario``,
     ``subpop``, ``relabel_to``, ``recent`` and ``recent_subpop`` set where broadening can pay off
     (:mod:`broaden.simulate.scenario`); ``lsb_fill`` widens k until every LSB share is filled. The ``Auto``
     group measures strategy values on ``validation`` labelled pool items that no group selects.
@@ -172,11 +175,18 @@ def simulate(
         # written and, with several rounds, after whole rounds of work.
         raise SimulationError(f"--pool-size {pool_size} cannot supply {rounds} round(s) of budget {budget}; "
                               f"use at least {budget * rounds}")
-    data_file = None if isinstance(dataset, SimData) else own_data_path(dataset)
-    if data_options and data_file is None:
-        raise SimulationError("data options (--id-col, --label-col, --text, ...) apply only to a data file (--data)")
+    in_memory = not isinstance(dataset, (str, os.PathLike, SimData))
+    data_file = None if isinstance(dataset, SimData) or in_memory else own_data_path(dataset)
+    if data_options and data_file is None and not in_memory:
+        raise SimulationError("data options (--id-col, --label-col, --text, ...) apply only to a data file (--data) "
+                              "or an in-memory table")
     if isinstance(dataset, SimData):
         data = dataset
+    elif in_memory:  # a DataFrame, Arrow table, HF dataset or dict of arrays: the same path as a file
+        from broaden.io.inputs import as_scored
+
+        data = own_data_from_table(as_scored(dataset, what="data"), encoder=encoder, cache_dir=cache_dir,
+                                   max_items=max_items, progress=progress, **(data_options or {}))
     elif data_file is not None:
         data = load_own_data(data_file, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress,
                              **(data_options or {}))
