@@ -69,3 +69,27 @@ def test_report_draws_the_auto_shares(tmp_path):
     html = (tmp_path / "r.html").read_text()
     assert "--strategy auto: share of the budget per strategy" in html
     assert "Measured value per strategy" in html and "error clustering" in html
+
+
+def test_rounds_take_in_memory_tables(tmp_path):
+    """init and round start take DataFrames / Arrow tables (issue 19): the same batch as from the files."""
+    from broaden.rounds import init
+
+    pd = pytest.importorskip("pandas")
+    world = make_world(tmp_path)
+    by_path = new_workspace(world, name="paths")
+    settings = {"class_names": ["sports", "tech", "politics"], "strategy": "entropy:0.5,random:0.5", "budget": 40,
+                "classifier": {"hidden": [16], "max_epochs": 15}}
+    mem = tmp_path / "mem"
+    init(mem, settings, labeled=pq.read_table(world.labeled).to_pandas(), eval=pq.read_table(world.eval))
+    cfg = Workspace(mem).config
+    assert cfg.labeled == str((mem / "data/labeled.parquet").resolve()) and (mem / "data/eval.parquet").is_file()
+    assert not list(tmp_path.glob(".mem.*"))  # the staging folder is gone
+    a = round_start(by_path, world.pool1)
+    b = round_start(mem, pq.read_table(world.pool1).to_pandas())
+    assert b.pool.startswith(str(mem / "pools")) and a.by_strategy == b.by_strategy
+    ids = lambda ws: pq.read_table(ws / "rounds/0001/batch.parquet").column("id").to_pylist()  # noqa: E731
+    assert ids(by_path) == ids(mem)
+    with pytest.raises(TypeError, match="cannot read"):
+        init(tmp_path / "bad", settings, labeled=42)
+    assert not (tmp_path / "bad").exists()

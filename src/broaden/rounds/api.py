@@ -15,6 +15,7 @@ classifier) so a team can drive rounds from its own scheduler::
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from broaden import io
@@ -30,6 +31,7 @@ from broaden.rounds.status import status as _status
 from broaden.rounds.workspace import Workspace, refuse_eval_ids, table_keys
 
 PATH_SETTINGS = ("pool", "labeled", "eval", "model")
+TABLE_SETTINGS = ("pool", "labeled", "eval")  # may be given in memory (any kind broaden.io.as_scored takes)
 
 
 def _ws(workspace: str | os.PathLike | Workspace) -> Workspace:
@@ -52,10 +54,26 @@ def init(workspace: str | os.PathLike, config: str | os.PathLike | dict | Worksp
     else:
         data = dict(config or {})
     given = {k: v for k, v in settings.items() if v is not None}
-    data = _absolute(data, base) | _absolute(given, Path.cwd())
-    cfg = WorkspaceConfig.from_dict(data, "config")
-    check_config(cfg)
-    return Workspace.create(workspace, cfg)
+    tables = {k: v for k, v in (data | given).items() if k in TABLE_SETTINGS and _in_memory(v)}
+    given = {k: v for k, v in given.items() if k not in tables}
+    data = {k: v for k, v in data.items() if k not in tables}
+    root = Path(workspace)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.") as tmp:
+        # In-memory tables (DataFrames, Arrow, dicts of arrays) become the workspace's own Parquet files:
+        # checked where they are written, then moved in with the config that names them.
+        staged = {f"data/{k}.parquet": io.write_table(io.as_scored(v, what=k), Path(tmp) / f"{k}.parquet")
+                  for k, v in tables.items()}
+        checked = WorkspaceConfig.from_dict(_absolute(data, base) | _absolute(given, Path.cwd())
+                                            | {k: str(p) for k, p in zip(tables, staged.values())}, "config")
+        check_config(checked)
+        cfg = WorkspaceConfig.from_dict(_absolute(data, base) | _absolute(given, Path.cwd())
+                                        | {k: str((root / d).resolve()) for k, d in zip(tables, staged)}, "config")
+        return Workspace.create(workspace, cfg, staged={d: Path(p) for d, p in staged.items()})
+
+
+def _in_memory(value) -> bool:
+    return value is not None and not isinstance(value, (str, os.PathLike))
 
 
 def check_config(cfg: WorkspaceConfig) -> None:
@@ -93,8 +111,22 @@ def _absolute(settings: dict, base: Path) -> dict:
 def round_start(workspace, pool: str | os.PathLike | None = None, *, budget: int | None = None,
                 strategy: str | None = None, seed: int | None = None, engine=None) -> RoundStart:
     """``broaden round start``: select and record a batch; writes CSV, JSONL and Label Studio tasks.
+    ``pool`` is a path or an in-memory table (DataFrame, Arrow, dict of arrays), written once into the
+    workspace as ``pools/<content digest>.parquet`` so the ledger names a file that stays.
     ``engine`` ("local", "ray" or a :class:`broaden.engines.Engine`) runs the selection and LSB's kNN."""
-    return _round_start(_ws(workspace), pool, budget=budget, strategy=strategy, seed=seed, engine=engine)
+    ws = _ws(workspace)
+    if _in_memory(pool):
+        pool = _stored_pool(ws, pool)
+    return _round_start(ws, pool, budget=budget, strategy=strategy, seed=seed, engine=engine)
+
+
+def _stored_pool(ws: Workspace, pool) -> Path:
+    from broaden.datasets.verify import sha256_file
+
+    tmp = io.write_table(io.as_scored(pool, what="pool"), ws.path / "pools" / ".incoming.parquet")
+    dest = ws.path / "pools" / f"{sha256_file(tmp)[:16]}.parquet"
+    os.replace(tmp, dest)
+    return dest
 
 
 def round_import(workspace, file: str | os.PathLike, *, strict: bool = False, format: str = "auto",

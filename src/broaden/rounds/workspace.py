@@ -71,7 +71,10 @@ class Workspace:
 
     # --------------------------------------------------------------------------------- creation
     @classmethod
-    def create(cls, path: str | os.PathLike, config: WorkspaceConfig, **kwargs) -> Workspace:
+    def create(cls, path: str | os.PathLike, config: WorkspaceConfig, *, staged: dict[str, Path] | None = None,
+               **kwargs) -> Workspace:
+        """A new workspace; ``staged`` moves already-written files in (destination relative to the root ->
+        file on the same file system), before the config that names them."""
         root = Path(path)
         if (root / LEDGER_FILE).exists():
             raise WorkspaceError(f"{root}: already a workspace (found {LEDGER_FILE}); nothing changed")
@@ -79,6 +82,9 @@ class Workspace:
             raise WorkspaceError(f"{root}: folder exists and is not empty; choose a new folder for the workspace")
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
+            for dest, src in (staged or {}).items():
+                (root / dest).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, root / dest)
             io.write_text(dump_config(config), root / CONFIG_FILE)
             # The ledger is created last: its presence is what marks a finished init.
             tmp = root / f".{LEDGER_FILE}.init"
