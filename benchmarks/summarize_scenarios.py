@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from broaden.simulate.stats import paired_test
+
 TABLE_OF = {"s_captured": "table1", "s_share": "table1", "confident_yield": "table1", "multiclass_loss": "table1",
             "yield": "table1"}
 CONTROL = "Stat-AL (refit)"
@@ -58,6 +60,14 @@ def main() -> None:
             arms = list(entries[0]["shares"])
             print(f"\n{group} shares per round: " + "; ".join(
                 f"r{e['round']} " + ", ".join(f"{a} {cell(e['shares'][a])}" for a in arms) for e in entries))
+            print(f"\n{group} vs each fixed group (paired over repeats: mean Δ, wins/repeats, Wilcoxon p):\n")
+            shown = [m for m in ("accuracy", "macro_f1", "s_accuracy") if m in present]
+            print("| vs | " + " | ".join(f"Δ {m}" for m in shown) + " |")
+            print("|---" * (1 + len(shown)) + "|")
+            for other in res["groups"]:
+                if other != group:
+                    print(f"| {other} | " + " | ".join(versus(paired_test(
+                        res["table2"][group][m]["values"], res["table2"][other][m]["values"])) for m in shown) + " |")
 
 
 if __name__ == "__main__":
