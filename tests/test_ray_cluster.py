@@ -2,8 +2,8 @@
 
 A head node and a second worker node are started as separate processes (``ray start --head`` plus
 ``ray start --address``, each with one CPU, on 127.0.0.1), so tasks and actors land on two raylets and
-everything they need crosses process boundaries serialized, as on a real cluster. Selection and exact
-kNN must equal the local engine. The nodes run in their own process group and temp dir and are stopped
+everything they need crosses process boundaries serialized, as on a real cluster. A driver process
+connects to it and runs selection and exact sharded kNN; both must equal the local engine here. The nodes run in their own process group and temp dir and are stopped
 by that group's id at teardown (bounded): never ``ray stop``, which would end every Ray on the machine.
 """
 from __future__ import annotations
@@ -22,10 +22,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from broaden.engines import get_engine  # noqa: E402
 from broaden.io import make_scored_table, write_table  # noqa: E402
 from broaden.lsb.knn.build import build_index  # noqa: E402
-from broaden.lsb.knn.ray import build_sharded_index  # noqa: E402
 from broaden.select import select  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -61,8 +59,6 @@ def _stop(proc: subprocess.Popen) -> None:
 def cluster(tmp_path_factory):
     if RAY is None:
         pytest.skip("the ray command is not installed")
-    if ray.is_initialized():
-        ray.shutdown()
     root = tmp_path_factory.mktemp("raycluster")
     temp = Path("/tmp") / f"broaden-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = _free_port()
@@ -95,13 +91,7 @@ def cluster(tmp_path_factory):
         else:
             pytest.fail("the two-node Ray cluster did not come up in 90 s: "
                         f"{(root / 'head.log').read_text()[-1500:]}")
-        engine = get_engine("ray", address=address, shards=2)
-        try:
-            yield engine
-        finally:
-            engine.close()
-            if ray.is_initialized():
-                ray.shutdown()
+        yield {"address": address, "env": env}
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -121,25 +111,58 @@ def pool_dir(tmp_path_factory):
     return root
 
 
-def test_the_cluster_has_two_nodes(cluster):
+DRIVER = """
+import json, sys
+import numpy as np
+import ray
+from broaden.engines import get_engine
+from broaden.lsb.knn.ray import build_sharded_index
+from broaden.select import select
+
+address, pool, out = sys.argv[1:4]
+with get_engine("ray", address=address, shards=2) as engine:
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    assert len(nodes) == 2 and cluster.cpus == 2
+    table = select(pool, "entropy:0.5,margin:0.3,random:0.2", 120, exclude=list(range(100, 300)), seed=5,
+                   engine=engine)
+    q = np.random.default_rng(4).normal(size=(25, 8)).astype(np.float32)
+    sharded = build_sharded_index(engine, pool, index="flat", queries=q, k=7, save_index=False)
+    nb = sharded.search(q, 7, exclude=np.arange(0, 3300, 5))
+    np.savez(out + ".npz", positions=nb.positions, similarity=nb.similarity)
+    json.dump({"nodes": len(nodes), "cpus": engine.cpus, "ids": table.column("id").to_pylist(),
+               "strategy": table.column("strategy").to_pylist(), "score": table.column("score").to_pylist()},
+              open(out + ".json", "w"))
+"""
 
 
-def test_selection_on_the_cluster_equals_the_local_engine(cluster, pool_dir):
-    spec = "entropy:0.5,margin:0.3,random:0.2"
-    want = select(pool_dir, spec, 120, exclude=list(range(100, 300)), seed=5)
-    got = select(pool_dir, spec, 120, exclude=list(range(100, 300)), seed=5, engine=cluster)
-    assert got.equals(want)
+@pytest.fixture(scope="module")
+def on_cluster(cluster, pool_dir, tmp_path_factory):
+    """What a driver process connected to the cluster computed (a fresh process: a Ray client in this one
+    may already have run the in-process instance of tests/test_engines.py, and Ray cannot re-point it)."""
+    import json
+
+    out = tmp_path_factory.mktemp("driver") / "result"
+    done = subprocess.run([sys.executable, "-c", DRIVER, cluster["address"], str(pool_dir), str(out)],
+                          env=cluster["env"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(Path(f"{out}.json").read_text()), np.load(f"{out}.npz")
 
 
-def test_sharded_exact_knn_on_the_cluster_equals_local(cluster, pool_dir):
-    rng = np.random.default_rng(4)
-    q = rng.normal(size=(25, 8)).astype(np.float32)
-    sharded = build_sharded_index(cluster, pool_dir, index="flat", queries=q, k=7, save_index=False)
-    got = sharded.search(q, 7, exclude=np.arange(0, 3300, 5))
+def test_the_cluster_has_two_nodes(on_cluster):
+    info, _ = on_cluster
+    assert info["nodes"] == 2 and info["cpus"] == 2
+
+
+def test_selection_on_the_cluster_equals_the_local_engine(on_cluster, pool_dir):
+    info, _ = on_cluster
+    want = select(pool_dir, "entropy:0.5,margin:0.3,random:0.2", 120, exclude=list(range(100, 300)), seed=5)
+    assert info["ids"] == want.column("id").to_pylist()
+    assert info["strategy"] == want.column("strategy").to_pylist()
+    assert info["score"] == want.column("score").to_pylist()
+
+
+def test_sharded_exact_knn_on_the_cluster_equals_local(on_cluster, pool_dir):
+    _, knn = on_cluster
+    q = np.random.default_rng(4).normal(size=(25, 8)).astype(np.float32)
     local = build_index(pool_dir, index="flat", queries=q, k=7, save_index=False).search(q, 7, exclude=np.arange(0, 3300, 5))
-    np.testing.assert_array_equal(got.positions, local.positions)
-    np.testing.assert_array_equal(got.similarity, local.similarity)
-    hosts = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert len(hosts) == 2
+    np.testing.assert_array_equal(knn["positions"], local.positions)
+    np.testing.assert_array_equal(knn["similarity"], local.similarity)

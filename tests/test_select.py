@@ -283,7 +283,7 @@ def test_needs_labeled_and_unknown_strategy(rng, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     register_strategy("needy", lambda pool, n, ctx: (np.array([0]), np.array([1.0])), needs_labeled=True)
     table = make_scored_table(np.arange(10), rng.dirichlet(np.ones(3), size=10))
-    with pytest.raises(SelectionError, match="needs the labelled set: pass --labeled"):
+    with pytest.raises(SelectionError, match="needs the labelled set: pass labeled="):
         select(table, "needy", 1)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'; available: .*entropy"):
         select(table, "nope", 1)

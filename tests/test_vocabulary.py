@@ -48,3 +48,16 @@ def test_a_mistyped_strategy_option_is_an_error_naming_it_and_the_accepted_ones(
         select(pool, "hw", 5, easy_shares=0.9)
     select(pool, "hw", 5, easy_share=0.9)  # the real name
     select(pool, "entropy", 5, committee_cols=None)  # another strategy's option: not an error
+
+
+def test_library_errors_name_parameters_and_the_cli_shows_flags(tmp_path, capsys):
+    from broaden.cli import as_flags, main
+    from broaden.io import write_table
+
+    assert as_flags("pass logits=True if these are raw scores; nlist=16") == "pass --logits if these are raw scores; nlist=16"
+    pool = tmp_path / "pool.parquet"
+    write_table(make_scored_table(np.arange(20), np.full((20, 3), 1 / 3, np.float32)), pool)
+    with pytest.raises(SelectionError, match="pass labeled=$"):
+        select(pool, "lsb", 5)
+    assert main(["select", str(pool), "--strategy", "lsb", "--budget", "5", "--out", str(tmp_path / "o.parquet")]) == 2
+    assert "pass --labeled" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from broaden import __version__
@@ -30,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library errors name parameters ("pass labeled=", "logits=True"); on the command line they are flags.
+_PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(?:True\b)?(?![\w.'\"\[{(-])")
+
+
+def as_flags(message: str) -> str:
+    """``name=`` (or ``name=True``) in a library error, as the flag ``--name`` the CLI user typed."""
+    return _PARAMETER.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
         from rich.markup import escape
 
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        message = as_flags(str(exc))
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         return 2
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stderr.close()

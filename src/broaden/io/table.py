@@ -190,7 +190,7 @@ class Validator:
             bad = int(np.argwhere((values < -PROB_SUM_TOLERANCE).any(axis=1))[0, 0])
             raise ScoredTableError(
                 f"{source}: column {col!r} row {row_offset + bad}: negative probability "
-                f"{values[bad].min():.4g}; pass --logits if these are raw scores"
+                f"{values[bad].min():.4g}; pass logits=True if these are raw scores"
             )
         sums = values.sum(axis=1)
         off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
@@ -198,7 +198,7 @@ class Validator:
             bad = int(np.argmax(off))
             raise ScoredTableError(
                 f"{source}: column {col!r} row {row_offset + bad}: probabilities sum to {sums[bad]:.6g}, "
-                f"expected 1 within {PROB_SUM_TOLERANCE:g}; pass --logits if these are raw scores"
+                f"expected 1 within {PROB_SUM_TOLERANCE:g}; pass logits=True if these are raw scores"
             )
         return batch
 

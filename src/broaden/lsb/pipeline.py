@@ -94,7 +94,7 @@ def lsb(
         raise KNNError(f"k (neighbours per seed) must be >= 1, got {k}")
     faiss_metric(metric)  # a bad metric fails before the labelled set is read and the LT model fitted
     if lookalike_threshold is not None and not 0 <= lookalike_threshold <= 1:  # NaN fails too
-        raise LookalikeError(f"lookalike_threshold (τ2, --lookalike-threshold) is a probability and must be "
+        raise LookalikeError(f"lookalike_threshold (τ2) is a probability and must be "
                              f"within 0 … 1, got {lookalike_threshold}")
     cols = replace(columns, embedding=embedding_col) if embedding_col else columns
     labeled = as_scored(labeled, columns=cols, what="labeled")

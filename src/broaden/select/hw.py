@@ -175,7 +175,7 @@ def hw_strategy(pool, n: int, ctx: SelectContext):
         labelled, relabel = _labelled_part(pool, n, ctx, o)
         exclude = exclude.union(labelled)
     elif o.dirty_bound is not None:
-        raise SelectionError("hw option dirty_bound needs the labelled set: pass --labeled LABELED.parquet")
+        raise SelectionError("hw option dirty_bound needs the labelled set: pass labeled=")
     m = n - len(relabel[0])
     unc, sign = S.UNCERTAINTY[o.uncertainty], S.UNCERTAINTY_SIGN[o.uncertainty]
     weak = None if o.easy_source == "band" else o.easy_source

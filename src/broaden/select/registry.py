@@ -138,6 +138,5 @@ def get_strategy(name: str) -> Strategy:
 def check_labeled(strategy: Strategy, ctx: SelectContext) -> None:
     if strategy.needs_labeled and ctx.labeled is None:
         raise SelectionError(
-            f"strategy {strategy.name!r} needs the labelled set: pass --labeled LABELED.parquet "
-            "(labeled= in Python)"
+            f"strategy {strategy.name!r} needs the labelled set: pass labeled="
         )
