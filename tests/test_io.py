@@ -91,7 +91,7 @@ def test_probs_must_sum_to_one_or_use_logits(tmp_path):
     logits = np.random.default_rng(0).normal(size=(6, 3))
     t = t.set_column(t.schema.get_field_index("probs"), "probs", io.matrix_to_list_array(logits))
     path = _write(tmp_path, t)
-    with pytest.raises(ScoredTableError, match=r"column 'probs' row \d+: .*(sum to|negative).*--logits"):
+    with pytest.raises(ScoredTableError, match=r"column 'probs' row \d+: .*(sum to|negative).*logits=True"):
         _read(path)
     back = _read(path, logits=True)
     p = io.list_matrix(back["probs"], dtype=np.float64)
