@@ -68,6 +68,28 @@ def main() -> None:
                 if other != group:
                     print(f"| {other} | " + " | ".join(versus(paired_test(
                         res["table2"][group][m]["values"], res["table2"][other][m]["values"])) for m in shown) + " |")
+    auto_verdict(Path(args.root))
+
+
+def auto_verdict(root: Path) -> None:
+    """Auto against the best fixed group and the paper's 80/20 mix, on accuracy after the last round."""
+    runs = [json.loads(f.read_text()) | {"name": f.parent.name} for f in sorted(root.glob("*/results.json"))]
+    runs = [r for r in runs if "Auto" in r["groups"]]
+    if not runs:
+        return
+    print("\n#### Auto against the best fixed group and the fixed 80/20 mix (accuracy after the last round; "
+          "'differ': some pair of fixed groups differs at p < 0.05)\n")
+    print("| run | best fixed group | Auto − best fixed | Auto − Stat-AL+LSB-LT (80/20) | fixed groups differ |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        acc = {g: r["table2"][g]["accuracy"]["values"] for g in r["groups"]}
+        fixed = [g for g in r["groups"] if g != "Auto"]
+        best = max(fixed, key=lambda g: r["table2"][g]["accuracy"]["mean"])
+        differ = any((paired_test(acc[x], acc[y])["wilcoxon_p"] or 1) < 0.05
+                     for i, x in enumerate(fixed) for y in fixed[i + 1:])
+        print(f"| {r['name']} | {best} {r['table2'][best]['accuracy']['mean']:.3f} | "
+              f"{versus(paired_test(acc['Auto'], acc[best]))} | "
+              f"{versus(paired_test(acc['Auto'], acc['Stat-AL+LSB-LT']))} | {'yes' if differ else 'no'} |")
 
 
 if __name__ == "__main__":
