@@ -77,7 +77,8 @@ def diagnose(labeled, *, recent=None, k: int = 10, seed_threshold: float = 0.5, 
         return Diagnosis(**out, verdict="too-few",
                          reading=f"only {len(queries)} bad case(s) in the recent partition: too few to tell whether "
                          "errors cluster; start with uncertainty sampling and a small LSB share")
-    emb = view.embeddings(columns).astype(np.float32)
+    raw = view.embeddings(columns)
+    emb = raw.astype(np.float32)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     kk = min(k + 1, n)
     _, idx = faiss.knn(np.ascontiguousarray(emb[queries]), np.ascontiguousarray(emb), kk,
@@ -92,7 +93,7 @@ def diagnose(labeled, *, recent=None, k: int = 10, seed_threshold: float = 0.5, 
     out.update(neighbour_bad_rate=rate, lift=float(rate / base) if base > 0 else None)
     try:
         rows, z = view.lookalike_targets(seed_threshold)
-        model = LookalikeModel(seed=seed).fit(view.embeddings(columns)[rows], z)
+        model = LookalikeModel(seed=seed).fit(raw[rows], z)
         out["lt_auc"] = None if np.isnan(model.auc_) else float(model.auc_)
     except LookalikeError:
         pass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _probe(X: np.ndarray, y: np.ndarray, num_classes: int, C: float, seed: int):
+def _probe(X: np.ndarray, y: np.ndarray, C: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -48,13 +48,13 @@ def strategy_values(X: np.ndarray, y: np.ndarray, strategies: Sequence, X_eval: 
     if len(strategies) != len(y) or len(X) != len(y):
         raise ValueError(f"X, y and strategies must have one row each; got {len(X)}, {len(y)}, {len(strategies)}")
     C_ = int(num_classes or max(int(y.max()), int(np.max(y_eval))) + 1)
-    full = _scores(_probe(X, y, C_, C, seed), X_eval, y_eval, C_)
+    full = _scores(_probe(X, y, C, seed), X_eval, y_eval, C_)
     out = {}
     for name in sorted({s for s in strategies if s}):
         keep = strategies != name
         n = int((~keep).sum())
         if len(np.unique(y[keep])) < 2:
             continue  # nothing left to fit a classifier on: the value is not measurable
-        loss, f1 = _scores(_probe(X[keep], y[keep], C_, C, seed), X_eval, y_eval, C_)
+        loss, f1 = _scores(_probe(X[keep], y[keep], C, seed), X_eval, y_eval, C_)
         out[name] = {"value": (loss - full[0]) / n, "f1_value": (full[1] - f1) / n, "n": n}
     return out

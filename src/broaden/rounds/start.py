@@ -140,9 +140,8 @@ def _labeled_for(ws: Workspace, ledger: Ledger, strategy: str, version: str, poo
     # auto brings LSB-LT in when there is a labelled set to seed it from (and stays Stat-AL otherwise).
     if not is_auto(strategy) and not any(get_strategy(name).needs_labeled for name, _ in parse_spec(strategy)):
         return None
-    labeled = ws.labeled_table(ledger)
+    labeled = ws.labeled_table(ledger, scored=True)
     cols = ws.config.cols
-    labeled = labeled.filter(pc.is_valid(labeled.column(cols.probs)))
     if is_auto(strategy) and labeled.num_rows == 0:
         return None
     versions = sorted(set(labeled.column("embedding_version").to_pylist()))

@@ -117,10 +117,7 @@ def _diagnosis(ws: Workspace, ledger) -> dict | None:
         return None
     cfg = ws.config
     try:
-        labeled = ws.labeled_table(ledger)
-        import pyarrow.compute as pc
-
-        labeled = labeled.filter(pc.is_valid(labeled.column(cfg.cols.probs)))
+        labeled = ws.labeled_table(ledger, scored=True)
         recent = [it["item_key"] for it in ledger.items(finished[-1])]
         return diagnose(labeled, recent=recent, seed_threshold=cfg.seed_threshold, discrepancy=cfg.discrepancy,
                         columns=cfg.cols, seed=cfg.seed).to_dict()

@@ -219,10 +219,11 @@ class Workspace:
         labelled table and the evaluation table (selecting those would leak them into training)."""
         return ledger.blocked_keys() | self.table_keys("labeled") | self.table_keys("eval")
 
-    def labeled_table(self, ledger: Ledger, *, include_initial: bool = True) -> pa.Table:
+    def labeled_table(self, ledger: Ledger, *, include_initial: bool = True, scored: bool = False) -> pa.Table:
         """Everything labelled so far: the config's initial labelled table plus every workspace item whose
         votes resolve to a label (majority; ties left out). Columns: id (as text), label, probs (as
-        scored when selected: out-of-sample), embedding, embedding_version, round, strategy."""
+        scored when selected: out-of-sample), embedding, embedding_version, round, strategy. ``scored``
+        keeps only rows with probabilities (what seeds and the error-clustering diagnostic need)."""
         cfg, cols = self.config, self.config.cols
         resolved = resolve_votes(ledger.votes())
         parts = []
@@ -248,7 +249,8 @@ class Workspace:
                                        cfg.num_classes))
         if not parts:
             return _labeled_schema(cols).empty_table()
-        return pa.concat_tables(parts, promote_options="default")
+        table = pa.concat_tables(parts, promote_options="default")
+        return table.filter(pc.is_valid(table.column(cols.probs))) if scored else table
 
 
 # ------------------------------------------------------------------------------------- helpers
