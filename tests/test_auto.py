@@ -70,28 +70,54 @@ def test_value_is_positive_for_a_useful_batch_and_zero_for_duplicates(rng):
         return centers[c] + 0.5 * rng.normal(size=(n, d)), c % C
     X0, y0 = draw([0, 1, 2], 300)                     # what the model already knows
     Xu, yu = draw([3, 4, 5], 60)                      # a region it has never seen
-    dup = rng.integers(0, 300, 60)                    # copies of labelled items
+    dup = rng.integers(0, 300, 90)                    # copies of labelled items (a bigger arm)
     Xe, ye = draw([0, 1, 2, 3, 4, 5], 600)
     X = np.vstack([X0, Xu, X0[dup]])
     y = np.concatenate([y0, yu, y0[dup]])
-    strategies = [None] * 300 + ["useful"] * 60 + ["copies"] * 60
-    v = strategy_values(X, y, strategies, Xe, ye, num_classes=C)
-    assert v["useful"]["n"] == 60 and v["useful"]["value"] > 1e-3 and v["useful"]["f1_value"] > 0
+    strategies = [None] * 300 + ["useful"] * 60 + ["copies"] * 90
+    v = strategy_values(X, y, strategies, Xe, ye, num_classes=C, draws=2)
+    # Equal-size leave-n-out: both arms lose the smaller arm's size.
+    assert v["useful"]["n"] == 60 and v["copies"]["n"] == 90
+    assert v["useful"]["n_removed"] == v["copies"]["n_removed"] == 60
+    assert v["useful"]["value"] > 1e-3 and v["useful"]["f1_value"] > 0 and v["useful"]["accuracy_value"] > 0
+    assert v["useful"]["value"] > 3 * v["useful"]["se"] > 0          # far outside its own noise
     assert abs(v["copies"]["value"]) < 0.1 * v["useful"]["value"]
+    assert abs(v["copies"]["value"]) < 3 * v["copies"]["se"] + 1e-12  # indistinguishable from nothing
+
+    # The full model's value equals the hand computation: mean per-item log-loss increase per removed item.
+    from sklearn.linear_model import LogisticRegression
+
+    def fit(X_, y_):
+        return LogisticRegression(max_iter=2000).fit(X_, y_)
+    one = strategy_values(X, y, strategies, Xe, ye, fit=fit, num_classes=C, draws=1, n_remove=60, seed=5)
+    keep = np.ones(len(y), bool)
+    keep[np.random.default_rng(5).choice(np.arange(360, 450), 60, replace=False)] = False  # copies first
+    ll = lambda m: -np.log(np.clip(m.predict_proba(Xe)[np.arange(len(ye)), ye], 1e-7, 1))
+    diff = ll(fit(X[keep], y[keep])) - ll(fit(X, y))
+    assert one["copies"]["value"] == pytest.approx(diff.mean() / 60, rel=1e-6)
+    assert one["copies"]["se"] == pytest.approx(np.sqrt(diff.var() / len(ye)) / 60, rel=1e-6)
+    with pytest.raises(ValueError, match="metric"):
+        strategy_values(X, y, strategies, Xe, ye, metric="auc")
 
 
 def test_allocation_follows_the_planted_value_and_keeps_its_floor():
-    history = [{"stat": 1e-4, "lsb-lt": 5e-4}, {"stat": 1.2e-4, "lsb-lt": 4.5e-4}]
-    a = allocate(["stat", "lsb-lt"], verdict="mixed", history=history, floor=0.1, seed=3)
-    assert a.shares["lsb-lt"] > 0.8 and a.shares["stat"] >= 0.1 - 1e-12
+    strong = [{"stat": {"value": 1e-4, "se": 2e-5}, "lsb-lt": {"value": 5e-4, "se": 2e-5}},
+              {"stat": {"value": 1.2e-4, "se": 2e-5}, "lsb-lt": {"value": 4.5e-4, "se": 2e-5}}]
+    a = allocate(["stat", "lsb-lt"], verdict="mixed", history=strong, floor=0.1, seed=3)
+    assert a.shares["lsb-lt"] > 0.85 and a.shares["stat"] >= 0.1 - 1e-12
     assert sum(a.shares.values()) == pytest.approx(1.0)
-    assert allocate(["stat", "lsb-lt"], verdict="mixed", history=history, floor=0.1, seed=3).shares == a.shares
-    flipped = allocate(["stat", "lsb-lt"], verdict="mixed", floor=0.2, seed=3,
-                       history=[{"stat": v["lsb-lt"], "lsb-lt": v["stat"]} for v in history])
-    assert flipped.shares["stat"] > 0.7 and 0.2 - 1e-12 <= flipped.shares["lsb-lt"] < 0.3
+    assert allocate(["stat", "lsb-lt"], verdict="mixed", history=strong, floor=0.1, seed=3).shares == a.shares
+    flipped = allocate(["stat", "lsb-lt"], verdict="cluster", floor=0.2, seed=3,
+                       history=[{"stat": v["lsb-lt"], "lsb-lt": v["stat"]} for v in strong])
+    assert flipped.shares["stat"] > 0.75 and 0.2 - 1e-12 <= flipped.shares["lsb-lt"] < 0.25
     # Round 1: the diagnostic sets the starting shares.
     assert allocate(["stat", "lsb-lt"], verdict="cluster").shares["lsb-lt"] == pytest.approx(0.5)
     assert allocate(["stat", "lsb-lt"], verdict="isolated", floor=0.1).shares["lsb-lt"] == pytest.approx(0.1)
+    # Noise: a difference well inside its standard error leaves the diagnostic's shares about where they were,
+    # instead of drifting to an even split.
+    noisy = [{"stat": {"value": 1e-4, "se": 5e-4}, "lsb-lt": {"value": 2e-4, "se": 5e-4}}]
+    assert allocate(["stat", "lsb-lt"], verdict="isolated", history=noisy, seed=1).shares["lsb-lt"] < 0.2
+    assert 0.4 < allocate(["stat", "lsb-lt"], verdict="cluster", history=noisy, seed=1).shares["lsb-lt"] < 0.65
     # Decay: an old advantage fades when the latest rounds say otherwise.
     late = [{"stat": 1e-4, "lsb-lt": 9e-4}] + [{"stat": 3e-4, "lsb-lt": 1e-4}] * 3
     assert allocate(["stat", "lsb-lt"], history=late, decay=0.3, seed=0).shares["stat"] > 0.5

@@ -41,8 +41,12 @@ def test_auto_rounds_record_values_and_follow_them(tmp_path, capsys):
                                                                  labeled.column("strategy").to_pylist())]
     ref = strategy_values(io.list_matrix(labeled.column("embedding")), io.labels_array(labeled.column("label")),
                           arms, io.list_matrix(ev.column("embedding")), io.labels_array(ev.column("label")),
-                          num_classes=3, seed=w.config.seed)
+                          num_classes=3, seed=w.config.seed,
+                          fit=lambda X, y: w.new_classifier().fit(X, y, num_classes=3),
+                          full_model=w.load_classifier(ws / "models/round-0001"))
     assert set(values) == set(ref) and all(values[a]["value"] == pytest.approx(ref[a]["value"]) for a in ref)
+    assert all(values[a]["se"] == pytest.approx(ref[a]["se"]) and values[a]["n_removed"] == min(
+        v["n"] for v in ref.values()) for a in ref)
     assert report["rounds"][0]["allocation"]["shares"] == r1.allocation["shares"]
     assert report["diagnosis"] is not None and report["diagnosis"]["n_recent"] == 40
 

@@ -102,11 +102,14 @@ def test_subpop_metrics_by_hand():
 
 
 def test_groups_with_refit_and_shares():
-    groups = build_groups(include=["Stat-AL", "Stat-AL (refit)", "Stat-AL+LSB-LT@0.5", "HW (refit)"])
+    groups = build_groups(include=["Stat-AL", "Stat-AL (refit)", "Stat-AL+LSB-LT@0.5", "HW (refit)",
+                                   "Stat-AL+LSB-LT@0.5 (refit)", "Auto (refit)"])
     by = {g.name: g for g in groups}
     assert by["Stat-AL (refit)"].refit and by["Stat-AL (refit)"].kind == "stat"
     assert by["Stat-AL+LSB-LT@0.5"].lsb_share == 0.5 and by["Stat-AL+LSB-LT@0.5"].lookalike
-    for bad in ("Stat-AL@0.5", "Stat-AL+LSB-LT (refit)", "Stat-AL+LSB-LT@2", "Nope (refit)"):
+    assert by["Stat-AL+LSB-LT@0.5 (refit)"].refit and by["Stat-AL+LSB-LT@0.5 (refit)"].lsb_share == 0.5
+    assert by["Auto (refit)"].refit and by["Auto (refit)"].kind == "auto"
+    for bad in ("Stat-AL@0.5", "Random (refit)", "Stat-AL+LSB-LT@2", "Nope (refit)"):
         with pytest.raises(GroupError):
             build_groups(include=[bad])
 

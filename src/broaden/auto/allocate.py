@@ -2,17 +2,21 @@
 
 Arms are strategies whose inputs exist: ``stat`` (least confidence, margin and entropy in equal parts,
 the Stat-AL mix), ``lsb-lt`` (needs a labelled set with embeddings), ``qbc`` (needs committee columns),
-``hw``. Round 1 has no measurement yet: the error-clustering diagnostic sets LSB-LT's starting share
-(cluster 0.5, mixed / too few bad cases 0.2, isolated: the floor). From then on, Thompson sampling
-(probability matching) over each arm's measured value per item (:mod:`broaden.auto.value`):
+``hw``. Each arm's value per item (:mod:`broaden.auto.value`) gets a Gaussian posterior; the shares are
+Thompson sampling (probability matching) over it:
 
-    posterior mean_a = (w0·m_a + Σ_r w_r v_{a,r}) / (w0 + Σ_r w_r),   sd_a = σ / √(w0 + Σ_r w_r),
+    precision_a = 1/s0² + Σ_r w_r / se_{a,r}²,   mean_a = (m_a/s0² + Σ_r w_r v_{a,r} / se_{a,r}²) / precision_a,
     w_r = decay^age (age 0 = the latest round),   share_a = floor + (1 − A·floor) · P(arm a is best)
 
-with σ the spread of all measured values and a prior m_a that starts LSB-LT one σ above (errors
-cluster) or below (isolated) the other arms' mean. The floor keeps every estimate learning; the decay lets
-a pattern that has been learnt (the refit model catches up) move budget back. Seeded: the same inputs
-give the same shares.
+The prior is the error-clustering diagnostic: every arm starts at the mean of all measured values, LSB-LT
+shifted by √2·s0·Φ⁻¹(p0), so that before any measurement P(LSB-LT is best) = p0 and its share is the diagnostic's
+starting share (cluster 0.5, mixed / too few bad cases 0.2, isolated: the floor). ``s0`` is one round's
+typical standard error, so the prior weighs as much as one round: a measured difference has to stand out of
+its own noise (about 2 se against an *isolated* prior) to move the budget, and noise alone leaves the
+diagnostic's shares in place instead of drifting to an even split. The floor keeps every estimate learning;
+the decay lets a pattern that has been learnt (the refit model catches up) move budget back. Seeded: the
+same inputs give the same shares. History entries without a standard error (plain numbers) use the spread
+of all measured values as their noise.
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ import numpy as np
 ARMS = ("stat", "lsb-lt", "qbc", "hw")
 STAT_MIX = ("least_confident", "margin", "entropy")
 START_LSB_SHARE = {"cluster": 0.5, "mixed": 0.2, "too-few": 0.2, "isolated": 0.0}
-PRIOR_SHIFT = {"cluster": 1.0, "mixed": 0.0, "too-few": 0.0, "isolated": -1.0}
 
 
 @dataclass
@@ -63,44 +66,70 @@ def _with_floor(p: Mapping[str, float], floor: float) -> dict[str, float]:
     return {a: floor + (1 - len(arms) * floor) * p[a] / total for a in arms}
 
 
-def allocate(arms: Sequence[str], *, verdict: str | None = None, history: Sequence[Mapping[str, float]] = (),
+def _observation(v) -> tuple[float, float | None]:
+    """(value, se) from a history entry: a number, or ``{"value": …, "se": …}`` as round finish records."""
+    if isinstance(v, Mapping):
+        se = v.get("se")
+        return float(v["value"]), (None if se is None or not np.isfinite(se) or se <= 0 else float(se))
+    return float(v), None
+
+
+def _start_probability(verdict: str, floor: float, arms: int) -> float:
+    """P(LSB-LT is best) that gives the diagnostic's starting share after the floor is applied."""
+    share = START_LSB_SHARE.get(verdict, 0.2)
+    floor = min(floor, 1.0 / arms)
+    p = (share - floor) / (1 - arms * floor) if arms * floor < 1 else 0.5
+    return float(np.clip(p, 0.02, 0.98))
+
+
+def allocate(arms: Sequence[str], *, verdict: str | None = None, history: Sequence[Mapping] = (),
              floor: float = 0.1, decay: float = 0.5, prior_weight: float = 1.0, draws: int = 4000,
              seed: int = 0) -> Allocation:
     """Shares of the next batch per arm (module docstring). ``history``: per past round, oldest first,
-    ``{arm: value per item}``; ``verdict``: the diagnostic's (cluster | mixed | too-few | isolated)."""
+    ``{arm: value per item}`` or ``{arm: {"value": v, "se": se}}``; ``verdict``: the diagnostic's (cluster |
+    mixed | too-few | isolated); ``prior_weight``: how many rounds the diagnostic's prior weighs."""
+    from scipy.stats import norm
+
     arms = list(dict.fromkeys(arms))
     unknown = [a for a in arms if a not in ARMS]
     if not arms or unknown:
         raise ValueError(f"arms must be a non-empty list of {', '.join(ARMS)}; got {arms}")
-    if not 0 <= floor <= 1 or not 0 < decay <= 1:
-        raise ValueError(f"floor must be within 0 … 1 and decay within (0, 1]; got {floor}, {decay}")
+    if not 0 <= floor <= 1 or not 0 < decay <= 1 or prior_weight <= 0:
+        raise ValueError(f"floor must be within 0 … 1, decay within (0, 1] and prior_weight > 0; "
+                         f"got {floor}, {decay}, {prior_weight}")
     verdict = verdict or "too-few"
     if len(arms) == 1:
         return Allocation({arms[0]: 1.0}, [f"only {arms[0]} has its inputs"])
-    observed = [(age, a, float(v)) for age, rnd in enumerate(reversed(list(history)))
-                for a, v in rnd.items() if a in arms and v is not None and np.isfinite(v)]
+    observed = [(age, a, *_observation(v)) for age, rnd in enumerate(reversed(list(history)))
+                for a, v in rnd.items() if a in arms and v is not None]
+    observed = [o for o in observed if np.isfinite(o[2])]
     if not observed:
         lsb = START_LSB_SHARE.get(verdict, 0.2) if "lsb-lt" in arms else 0.0
         rest = [a for a in arms if a != "lsb-lt"]
         raw = {a: (lsb if a == "lsb-lt" else (1 - lsb) / len(rest)) for a in arms}
         shares = _with_floor(raw, floor)
         return Allocation(shares, [f"no measured value yet: starting shares from the diagnostic ({verdict})"])
-    values = np.asarray([v for *_, v in observed])
-    sigma = float(values.std()) if len(values) > 1 and values.std() > 0 else max(abs(values).max(), 1e-12)
-    base = float(values.mean())
+    values = np.asarray([o[2] for o in observed])
+    spread = float(values.std()) if len(values) > 1 and values.std() > 0 else max(abs(values).max(), 1e-12)
+    base = float(values.mean())  # a common prior centre: only the differences between arms matter
+    ses = [o[3] for o in observed if o[3] is not None]
+    s0 = (float(np.median(ses)) if ses else spread) / np.sqrt(prior_weight)
+    shift = np.sqrt(2) * s0 * norm.ppf(_start_probability(verdict, floor, len(arms))) if "lsb-lt" in arms else 0.0
     rng = np.random.default_rng(seed)
     posterior, samples = {}, []
     for a in arms:
-        prior = base + (PRIOR_SHIFT.get(verdict, 0.0) * sigma if a == "lsb-lt" else 0.0)
-        mine = [(decay ** age, v) for age, arm, v in observed if arm == a]
-        w = prior_weight + sum(wt for wt, _ in mine)
-        mean = (prior_weight * prior + sum(wt * v for wt, v in mine)) / w
-        sd = sigma / np.sqrt(w)
-        posterior[a] = {"mean": mean, "sd": sd, "weight": w, "observations": len(mine)}
+        prior = base + (shift if a == "lsb-lt" else 0.0)
+        mine = [(decay ** age / (se if se is not None else spread) ** 2, v) for age, arm, v, se in observed
+                if arm == a]
+        precision = 1 / s0 ** 2 + sum(w for w, _ in mine)
+        mean = (prior / s0 ** 2 + sum(w * v for w, v in mine)) / precision
+        sd = 1 / np.sqrt(precision)
+        posterior[a] = {"mean": mean, "sd": sd, "prior": prior, "observations": len(mine)}
         samples.append(rng.normal(mean, sd, size=draws))
     best = np.bincount(np.argmax(np.stack(samples), axis=0), minlength=len(arms)) / draws
     shares = _with_floor(dict(zip(arms, best)), floor)
     reasons = [f"{a}: value per item {posterior[a]['mean']:+.3g} ± {posterior[a]['sd']:.2g} "
-               f"({posterior[a]['observations']} round(s)), P(best) {p:.2f} → share {shares[a]:.2f}"
+               f"({posterior[a]['observations']} round(s); prior {posterior[a]['prior']:+.2g}), "
+               f"P(best) {p:.2f} → share {shares[a]:.2f}"
                for a, p in zip(arms, best)]
     return Allocation(shares, reasons, posterior)

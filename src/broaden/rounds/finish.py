@@ -67,6 +67,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
             # What each strategy's items of this round were worth: --strategy auto learns from it.
             metrics["strategy_values"] = to_jsonable(round_values(
                 labeled, number, X, eval_X, eval_y, label_col=cols.label, num_classes=cfg.num_classes,
+                fit=lambda X_, y_: ws.new_classifier().fit(X_, y_, num_classes=cfg.num_classes), full_model=clf,
                 seed=cfg.seed))
         io.write_text(json.dumps(metrics, indent=2), ws.round_dir(number) / "metrics.json")
         fault_point("round-finish:model-saved")

@@ -65,8 +65,12 @@ def _variant(base: GroupSpec, variant: str, dataset_discrepancy: str) -> GroupSp
 
 def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
     """A base group, optionally with a modifier: ``NAME (refit)`` selects with the snapshot refit on the
-    recent labelled batch (the fair control of DESIGN §3a); ``NAME@S`` gives an LSB group its own share S."""
-    stem, share = name, None
+    recent labelled batch (the fair control of DESIGN §3a; LSB still seeds from the recent batch scored
+    out-of-sample by the snapshot, as a deployed model scored it); ``NAME@S`` gives an LSB group its own
+    share S."""
+    stem, share = name.strip(), None
+    refit = stem.endswith(REFIT_SUFFIX)  # either order: NAME@S (refit) or NAME (refit)@S
+    stem = stem[:-len(REFIT_SUFFIX)].rstrip() if refit else stem
     if "@" in stem:
         stem, _, text = stem.rpartition("@")
         try:
@@ -75,17 +79,16 @@ def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
             raise GroupError(f"bad LSB share in group {name!r}; expected e.g. Stat-AL+LSB-LT@0.5") from None
         if not 0 <= share <= 1:
             raise GroupError(f"LSB share in group {name!r} must be within 0 … 1")
-    refit = stem.endswith(REFIT_SUFFIX)
-    stem = stem[:-len(REFIT_SUFFIX)].rstrip() if refit else stem
+        if stem.endswith(REFIT_SUFFIX):
+            refit, stem = True, stem[:-len(REFIT_SUFFIX)].rstrip()
     if stem not in base:
         raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, optionally with "
-                         f"'{REFIT_SUFFIX}' (not for LSB groups) or '@SHARE' (LSB groups only)")
+                         f"'{REFIT_SUFFIX}' (not for Random) or '@SHARE' (LSB groups only)")
     spec = base[stem]
     if share is not None and spec.kind != "lsb":
         raise GroupError(f"{name!r}: only LSB groups take a share (@S)")
-    if refit and spec.kind in ("lsb", "random", "auto"):
-        raise GroupError(f"{name!r}: '{REFIT_SUFFIX}' applies to Stat-AL, HW and QBC; LSB seeds must be scored "
-                         "out-of-sample by the snapshot, and Random uses no model")
+    if refit and spec.kind == "random":
+        raise GroupError(f"{name!r}: Random uses no model, so there is nothing to refit")
     if share is None and not refit:
         return spec
     return replace(spec, name=name, refit=refit, lsb_share=share)

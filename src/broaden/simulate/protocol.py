@@ -63,6 +63,8 @@ class SimConfig:
     case_study_seeds: int = 20
     lsb_fill: bool = False            # widen k until the LSB share is filled with candidates passing τ2
     validation: int = 500             # Auto only: pool items held out (labelled) to measure strategy values on
+    auto_metric: str = "log_loss"     # Auto only: what a strategy's value is measured in (broaden.auto.value)
+    auto_draws: int = 2               # Auto only: leave-n-out subsets per arm and round
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -338,7 +340,7 @@ class RepeatRun:
                                         "n_labeled": int(len(labeled)),
                                         "lookalike": None if sel.lsb is None else sel.lsb.summary}
                 if spec.kind == "auto":
-                    per_group[spec.name]["auto"] = self._measure(spec, sel, labeled)
+                    per_group[spec.name]["auto"] = self._measure(spec, sel, labeled, model, r)
                 frames["selections"].append(self._selection_frame(r, spec.name, sel))
                 if sel.lsb is not None:
                     frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, data.ids))
@@ -366,16 +368,22 @@ class RepeatRun:
         return diagnose(snap.labeled_table(specs[0].latent), seed_threshold=self.cfg.seed_threshold,
                         discrepancy=self.kind, seed=self.seed).to_dict()
 
-    def _measure(self, spec: GroupSpec, sel: Selection, labeled: np.ndarray) -> dict:
-        """Leave-one-arm-out value of this round's batch on the validation sample; feeds the next allocation."""
+    def _measure(self, spec: GroupSpec, sel: Selection, labeled: np.ndarray, model: EmbeddingClassifier,
+                 round_: int) -> dict:
+        """Equal-size leave-n-out value of this round's arms, refitting the classifier the group retrains, on
+        the validation sample; feeds the next allocation."""
         from broaden.auto.allocate import arm_of
         from broaden.auto.value import strategy_values
 
         arm = {int(r): arm_of(s) for r, s in zip(sel.rows, sel.strategy)}
         values = strategy_values(self.data.features[labeled], self.given[labeled], [arm.get(int(r)) for r in labeled],
                                  self.data.features[self.validation], self.given[self.validation],
-                                 num_classes=self.data.num_classes, seed=self.seed)
-        self.auto_history[spec.name].append({a: v["value"] for a, v in values.items()})
+                                 fit=lambda X, y: EmbeddingClassifier(**{**self.cfg.classifier,
+                                                                         "seed": self.model_seed(round_)}).fit(
+                                     X, y, num_classes=self.data.num_classes),
+                                 full_model=model, num_classes=self.data.num_classes, metric=self.cfg.auto_metric,
+                                 draws=self.cfg.auto_draws, seed=self.seed)
+        self.auto_history[spec.name].append({a: {"value": v["value"], "se": v["se"]} for a, v in values.items()})
         alloc, diag = sel.auto["allocation"], sel.auto["diagnosis"]
         return {"shares": alloc.shares, "reasons": alloc.reasons, "values": values,
                 "verdict": None if diag is None else diag.verdict, "lift": None if diag is None else diag.lift}
