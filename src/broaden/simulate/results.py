@@ -203,7 +203,7 @@ def print_tables(results: dict, console=None) -> None:
     for group, per_round in (results.get("auto") or {}).items():
         arms = list(per_round[0]["shares"])
         print_table(f"{group}: share of the budget per arm and round (mean ± std over repeats), and each arm's "
-                    "measured value per item (log-loss gain, leave-one-arm-out on the validation sample)",
+                    "measured value per item (log-loss gain, equal-size leave-n-out on the validation sample)",
                     ["round", *(f"share {a}" for a in arms), *(f"value {a}" for a in arms)],
                     ((str(e["round"]), *(_pm(e["shares"][a]) for a in arms), *(_pm(e["values"][a]) for a in arms))
                      for e in per_round), console=console)
