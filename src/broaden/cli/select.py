@@ -8,7 +8,8 @@ from broaden.cli.common import add_column_flags, add_engine_flags, columns_from_
 
 # Strategy options: flag → (option name, type, help). Unset flags are not passed, so defaults live in the API.
 OPTIONS = {
-    "--committee-cols": ("committee_cols", str, "qbc: comma-separated committee probability columns"),
+    "--committee-cols": ("committee_cols", str, "qbc, bald: comma-separated committee probability columns "
+                         "(default: the pool's probs_m0, probs_m1, ... from `broaden score --mc-dropout N`)"),
     "--qbc-measure": ("qbc_measure", str, "qbc: vote_entropy (default) or kl (mean KL to consensus)"),
     "--proportions": ("proportions", str, "hw: class weights '0.4,0.3,0.2,0.1' or '0:0.5,3:0.5' "
                       "(default: the pool's predicted-class distribution with --floor)"),
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "select", help="choose the next items to label from a scored pool",
         description="Choose BUDGET pool items with one strategy or a mix such as "
-        "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, hw, "
+        "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, bald, hw, "
         "lsb, lsb-lt (the last two need --labeled); 'auto' lets the error-clustering diagnostic of --labeled "
         "choose the shares of Stat-AL and LSB-LT (docs/auto.md). Pool rows that already carry a label (non-null, "
         "non-negative label column) are skipped, like --exclude ids.",
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
     add_column_flags(p)
     add_engine_flags(p)
-    g = p.add_argument_group("strategy options (qbc, hw, lsb/lsb-lt); unset ones keep the API defaults")
+    g = p.add_argument_group("strategy options (qbc, bald, hw, lsb/lsb-lt); unset ones keep the API defaults")
     for flag, (name, typ, text) in OPTIONS.items():
         g.add_argument(flag, *OLD_FLAGS.get(flag, ()), dest=name, type=typ, help=text)
     g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,

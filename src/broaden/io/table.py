@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +40,17 @@ class Columns:
     label: str = "label"
     probs: str = "probs"
     embedding: str = "embedding"
+
+    def committee(self, n: int) -> list[str]:
+        """The committee members' probability columns ``probs_m0 … probs_m{n−1}`` (what ``broaden score
+        --mc-dropout N`` writes and the committee strategies find without ``committee_cols``)."""
+        return [f"{self.probs}_m{i}" for i in range(n)]
+
+    def committee_in(self, names: Iterable[str]) -> list[str]:
+        """The committee columns among ``names``, in member order (``probs_m0``, ``probs_m1``, … ``probs_m10``)."""
+        pattern = re.compile(re.escape(self.probs) + r"_m(0|[1-9][0-9]*)")
+        found = {int(m.group(1)): n for n in names if (m := pattern.fullmatch(n))}
+        return [found[i] for i in sorted(found)]
 
 
 DEFAULT_COLUMNS = Columns()

@@ -73,6 +73,17 @@ def kl_to_consensus(members: Sequence) -> np.ndarray:
     return rel_entr(stacked, consensus[None]).sum(axis=2).mean(axis=0)
 
 
+def bald(members: Sequence) -> np.ndarray:
+    """BALD (Houlsby et al. 2011; Gal et al. 2017): H[p̄] − (1/M) Σ_m H[p_m], the mutual information between
+    the label and the model; p_m are samples of the posterior (MC-dropout passes), p̄ their mean. The same
+    number as :func:`kl_to_consensus` (I = (1/M) Σ_m KL(p_m ‖ p̄)), written as the papers do (higher = more
+    epistemic uncertainty)."""
+    stacked = _committee(members)
+    info = entropy(stacked.mean(axis=0)) - entr(stacked).sum(axis=2).mean(axis=0)
+    # Agreeing members give 0 up to rounding; clipping keeps such ties at exactly 0, broken by id, not by noise.
+    return np.maximum(info, 0.0)
+
+
 def normalized_entropy(probs) -> np.ndarray:
     """Entropy divided by log C, in 0 … 1 (used for uncertainty bands that do not depend on C)."""
     p = _matrix(probs)

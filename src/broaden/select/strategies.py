@@ -1,4 +1,4 @@
-"""Statistical strategies (DESIGN.md §2): random, least_confident, margin, entropy, qbc.
+"""Statistical strategies (DESIGN.md §2): random, least_confident, margin, entropy, qbc, bald.
 
 Each is one streaming pass over the pool: a per-batch priority (higher = pick first) feeds the shared
 :class:`~broaden.topk.TopK`. Reported scores are the paper's values (margin is reported as the
@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from broaden.errors import SelectionError
 from broaden.io import list_matrix
+from broaden.io.pool import Pool
 from broaden.select import scores as S
 from broaden.select.registry import SelectContext, register_strategy
 
@@ -82,41 +83,65 @@ def uncertainty_strategy(kind: str):
     return run
 
 
-# ------------------------------------------------------------------------------------------- qbc
+# ------------------------------------------------------------------------------------- committees
 QBC_MEASURES = {"vote_entropy": S.vote_entropy, "kl": S.kl_to_consensus}
 
 
-def committee_columns(ctx: SelectContext) -> list[str]:
+def committee_columns(pool, ctx: SelectContext, strategy: str = "qbc") -> list[str]:
+    """The members' probability columns: option ``committee_cols`` (a list or "a,b,c"), else the pool's
+    ``probs_m0, probs_m1, …`` (:meth:`broaden.io.Columns.committee_in`; what ``broaden score --mc-dropout N``
+    writes)."""
     cols = ctx.options.get("committee_cols")
     if isinstance(cols, str):
         cols = [c.strip() for c in cols.split(",") if c.strip()]
-    if not cols or len(cols) < 2:
+    given = bool(cols)
+    if not given:
+        cols = ctx.columns.committee_in(Pool.of(pool, ctx.columns).names)
+    if len(cols) < 2:
+        found = f"; got {', '.join(map(repr, cols))}" if given else f"; the pool has {len(cols)}"
         raise SelectionError(
-            "strategy 'qbc' needs 2 or more committee probability columns: --committee-cols probs_a,probs_b"
+            f"strategy {strategy!r} needs 2 or more committee probability columns: pass committee_cols= (the "
+            f"members' columns, e.g. probs_a,probs_b) or score the pool with `broaden score --mc-dropout N` "
+            f"({ctx.columns.probs}_m0, {ctx.columns.probs}_m1, …){found}"
         )
     return list(cols)
+
+
+def committee_strategy(name: str, measure: Callable[[list[np.ndarray]], np.ndarray], description: str):
+    """Most disputed first by ``measure(members)`` over the committee columns (:func:`committee_columns`)."""
+
+    def run(pool, n: int, ctx: SelectContext):
+        cols = committee_columns(pool, ctx, name)
+
+        def priority(keys, batch):
+            members = [batch_probs(batch, c) for c in cols]
+            if len({m.shape[1] for m in members}) > 1:
+                widths = ", ".join(f"{c!r}: {m.shape[1]}" for c, m in zip(cols, members))
+                raise SelectionError(f"{name} committee columns must have the same number of classes; got {widths}")
+            return measure(members)
+
+        return stream_top(pool, n, ctx, priority, prob_cols=cols, description=description)
+
+    return run
 
 
 def qbc_strategy(pool, n: int, ctx: SelectContext):
     """Query by committee: most disputed first, by vote entropy (default) or mean KL to the consensus
     (option ``qbc_measure="kl"``) over the committee members' probability columns."""
-    cols = committee_columns(ctx)
     measure = ctx.options.get("qbc_measure") or "vote_entropy"
     if measure not in QBC_MEASURES:
         raise SelectionError(f"unknown qbc measure {measure!r}; choose one of {', '.join(QBC_MEASURES)}")
-    fn = QBC_MEASURES[measure]
+    return committee_strategy("qbc", QBC_MEASURES[measure], f"qbc {measure}")(pool, n, ctx)
 
-    def priority(keys, batch):
-        members = [batch_probs(batch, c) for c in cols]
-        if len({m.shape[1] for m in members}) > 1:
-            widths = ", ".join(f"{c!r}: {m.shape[1]}" for c, m in zip(cols, members))
-            raise SelectionError(f"qbc committee columns must have the same number of classes; got {widths}")
-        return fn(members)
 
-    return stream_top(pool, n, ctx, priority, prob_cols=cols, description=f"qbc {measure}")
+#: BALD (Houlsby et al. 2011; Gal et al. 2017) over MC-dropout passes or any committee: highest mutual
+#: information between label and model first (:func:`broaden.select.scores.bald`).
+bald_strategy = committee_strategy("bald", S.bald, "bald")
+bald_strategy.__name__ = "bald_strategy"
 
 
 register_strategy("random", random_strategy, options=())
 for _kind in S.UNCERTAINTY:
     register_strategy(_kind, uncertainty_strategy(_kind), options=())
 register_strategy("qbc", qbc_strategy, options=("committee_cols", "qbc_measure"))
+register_strategy("bald", bald_strategy, options=("committee_cols",))
