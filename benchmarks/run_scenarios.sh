@@ -4,8 +4,11 @@
 # Usage: benchmarks/run_scenarios.sh [OUT_ROOT] [DATASET ...]   (datasets: clickbait ag_news mnist)
 # Each run holds $LOCK (default /tmp/broaden-heavy.lock) and is resumable (finished repeats are reused).
 # The --strategy auto benchmark (issue 20) is the same runs over 4 rounds with the Auto group:
-#   ROUNDS=4 GROUPS_ARG="Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5,Auto" \
+#   ROUNDS=4 GROUPS_ARG="Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5,Auto (refit)" \
 #     benchmarks/run_scenarios.sh runs/auto
+# Runs are deterministic, so a new group can run alone beside the reference group and be compared with
+# groups run before: ROUNDS=4 GROUPS_ARG="Stat-AL,Auto (refit)" benchmarks/run_scenarios.sh runs/auto2, then
+#   python benchmarks/summarize_scenarios.py runs/auto2 --also runs/auto   (checks Stat-AL is identical)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_ROOT=${1:-runs/scenarios}
@@ -13,6 +16,8 @@ shift || true
 DATASETS=("$@")
 [ ${#DATASETS[@]} -eq 0 ] && DATASETS=(clickbait ag_news mnist)
 BROADEN=${BROADEN:-.venv/bin/broaden}
+export BROADEN_DATA_DIR=${BROADEN_DATA_DIR:-$(cd .. && pwd)/shared/data}  # as the Makefile: ../shared/data
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 LOCK=${LOCK:-/tmp/broaden-heavy.lock}  # another lock file lets two runs share a machine with free cores
 REPEATS=${REPEATS:-8}
 ROUNDS=${ROUNDS:-1}

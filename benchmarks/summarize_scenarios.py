@@ -1,8 +1,12 @@
 """Markdown summary of scenario runs (benchmarks/run_scenarios.sh) for BENCHMARKS.md.
 
 Usage: python benchmarks/summarize_scenarios.py runs/scenarios [--metrics s_captured,s_accuracy,accuracy]
+                                               [--also runs/other ...]
 Per run: each group's mean ± std, and its paired difference to the fair control Stat-AL (refit)
 (mean, wins/repeats, Wilcoxon p); then the error-clustering diagnostic of the seeding partition.
+``--also ROOT`` adds the groups of the same-named runs under ROOT (runs are deterministic: a group present
+in both must have identical per-repeat figures, which is checked, so a new group can be run alone next to
+the reference group and compared with groups run earlier).
 """
 from __future__ import annotations
 
@@ -30,27 +34,54 @@ def versus(test: dict | None) -> str:
     return f"{test['mean_diff']:+.3f} ({test['wins']}/{test['n']}{p})"
 
 
+def load(run: Path, also: list[Path]) -> dict:
+    """results.json of ``run``, with the groups of the same-named runs under ``also`` merged in."""
+    res = json.loads((run / "results.json").read_text())
+    for root in also:
+        path = root / run.name / "results.json"
+        if not path.is_file():
+            continue
+        other = json.loads(path.read_text())
+        if other["repeats_done"] != res["repeats_done"]:
+            raise SystemExit(f"{path}: repeats {other['repeats_done']} differ from {run}'s {res['repeats_done']}")
+        for g in other["groups"]:
+            if g in res["groups"]:
+                for table in ("table1", "table2"):
+                    for m, v in other[table][g].items():
+                        if v.get("values") != res[table][g].get(m, {}).get("values"):
+                            raise SystemExit(f"{g} {m} differs between {run} and {path}: not the same runs")
+                continue
+            res["groups"].append(g)
+            for table in ("table1", "table2"):
+                res[table][g] = other[table][g]
+            if g in (other.get("auto") or {}):
+                res.setdefault("auto", {})[g] = other["auto"][g]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("root")
     ap.add_argument("--metrics", default="s_captured,s_accuracy,non_s_accuracy,accuracy,macro_f1")
+    ap.add_argument("--also", action="append", default=[], type=Path, metavar="ROOT")
     args = ap.parse_args()
     metrics = [m.strip() for m in args.metrics.split(",")]
     for run in sorted(p for p in Path(args.root).iterdir() if (p / "results.json").is_file()):
-        res = json.loads((run / "results.json").read_text())
+        res = load(run, args.also)
         cfg = res["config"]
         sc = cfg.get("scenario") or {}
         print(f"\n#### {run.name} — {sc.get('kind')}"
               + (f", S = `{sc.get('subpop')}` ({cfg.get('subpop_size')} items)" if cfg.get("subpop_size") else "")
               + f", {len(res['repeats_done'])} repeats, {cfg.get('rounds')} round(s)\n")
-        control = (res.get("paired_tests_by_reference") or {}).get(CONTROL, {})
         present = [m for m in metrics if any(
             (res[TABLE_OF.get(m, "table2")].get(g) or {}).get(m, {}).get("mean") is not None for g in res["groups"])]
         print("| group | " + " | ".join(present) + " | " + " | ".join(f"Δ {m} vs refit" for m in present) + " |")
         print("|---" * (1 + 2 * len(present)) + "|")
         for g in res["groups"]:
             vals = [cell(res[TABLE_OF.get(m, "table2")][g].get(m)) for m in present]
-            diffs = [versus((control.get(g) or {}).get(TABLE_OF.get(m, "table2"), {}).get(m)) for m in present]
+            diffs = [versus(None if g == CONTROL or CONTROL not in res["groups"] else paired_test(
+                res[TABLE_OF.get(m, "table2")][g][m]["values"], res[TABLE_OF.get(m, "table2")][CONTROL][m]["values"]))
+                for m in present]
             print(f"| {g} | " + " | ".join(vals) + " | " + " | ".join(diffs) + " |")
         d = res.get("diagnosis")
         if d:
@@ -65,31 +96,30 @@ def main() -> None:
             print("| vs | " + " | ".join(f"Δ {m}" for m in shown) + " |")
             print("|---" * (1 + len(shown)) + "|")
             for other in res["groups"]:
-                if other != group:
+                if not other.startswith("Auto"):
                     print(f"| {other} | " + " | ".join(versus(paired_test(
                         res["table2"][group][m]["values"], res["table2"][other][m]["values"])) for m in shown) + " |")
-    auto_verdict(Path(args.root))
+    auto_verdict(Path(args.root), args.also)
 
 
-def auto_verdict(root: Path) -> None:
-    """Auto against the best fixed group and the paper's 80/20 mix, on accuracy after the last round."""
-    runs = [json.loads(f.read_text()) | {"name": f.parent.name} for f in sorted(root.glob("*/results.json"))]
-    runs = [r for r in runs if "Auto" in r["groups"]]
-    if not runs:
-        return
-    print("\n#### Auto against the best fixed group and the fixed 80/20 mix (accuracy after the last round; "
-          "'differ': some pair of fixed groups differs at p < 0.05)\n")
-    print("| run | best fixed group | Auto − best fixed | Auto − Stat-AL+LSB-LT (80/20) | fixed groups differ |")
-    print("|---|---|---|---|---|")
-    for r in runs:
-        acc = {g: r["table2"][g]["accuracy"]["values"] for g in r["groups"]}
-        fixed = [g for g in r["groups"] if g != "Auto"]
-        best = max(fixed, key=lambda g: r["table2"][g]["accuracy"]["mean"])
-        differ = any((paired_test(acc[x], acc[y])["wilcoxon_p"] or 1) < 0.05
-                     for i, x in enumerate(fixed) for y in fixed[i + 1:])
-        print(f"| {r['name']} | {best} {r['table2'][best]['accuracy']['mean']:.3f} | "
-              f"{versus(paired_test(acc['Auto'], acc[best]))} | "
-              f"{versus(paired_test(acc['Auto'], acc['Stat-AL+LSB-LT']))} | {'yes' if differ else 'no'} |")
+def auto_verdict(root: Path, also: list[Path]) -> None:
+    """Each Auto group against the best fixed group and the paper's 80/20 mix, on accuracy after the last round."""
+    runs = [load(f.parent, also) | {"name": f.parent.name} for f in sorted(root.glob("*/results.json"))]
+    autos = sorted({g for r in runs for g in r["groups"] if g.startswith("Auto")})
+    for auto in autos:
+        print(f"\n#### {auto} against the best fixed group and the fixed 80/20 mix (accuracy after the last round; "
+              "'differ': some pair of fixed groups differs at p < 0.05)\n")
+        print(f"| run | best fixed group | {auto} − best fixed | {auto} − Stat-AL+LSB-LT (80/20) | fixed groups differ |")
+        print("|---|---|---|---|---|")
+        for r in (r for r in runs if auto in r["groups"]):
+            acc = {g: r["table2"][g]["accuracy"]["values"] for g in r["groups"]}
+            fixed = [g for g in r["groups"] if not g.startswith("Auto")]
+            best = max(fixed, key=lambda g: r["table2"][g]["accuracy"]["mean"])
+            differ = any((paired_test(acc[x], acc[y])["wilcoxon_p"] or 1) < 0.05
+                         for i, x in enumerate(fixed) for y in fixed[i + 1:])
+            mix = versus(paired_test(acc[auto], acc["Stat-AL+LSB-LT"])) if "Stat-AL+LSB-LT" in acc else "–"
+            print(f"| {r['name']} | {best} {r['table2'][best]['accuracy']['mean']:.3f} | "
+                  f"{versus(paired_test(acc[auto], acc[best]))} | {mix} | {'yes' if differ else 'no'} |")
 
 
 if __name__ == "__main__":
