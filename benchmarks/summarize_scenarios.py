@@ -100,6 +100,7 @@ def main() -> None:
                     print(f"| {other} | " + " | ".join(versus(paired_test(
                         res["table2"][group][m]["values"], res["table2"][other][m]["values"])) for m in shown) + " |")
     auto_verdict(Path(args.root), args.also)
+    predictors(Path(args.root), args.also)
 
 
 def auto_verdict(root: Path, also: list[Path]) -> None:
@@ -120,6 +121,65 @@ def auto_verdict(root: Path, also: list[Path]) -> None:
             mix = versus(paired_test(acc[auto], acc["Stat-AL+LSB-LT"])) if "Stat-AL+LSB-LT" in acc else "–"
             print(f"| {r['name']} | {best} {r['table2'][best]['accuracy']['mean']:.3f} | "
                   f"{versus(paired_test(acc[auto], acc[best]))} | {mix} | {'yes' if differ else 'no'} |")
+
+
+def _repeats(run: Path, also: list[Path]) -> dict[int, dict]:
+    """Per repeat: the round groups of ``run`` and of the same-named runs under ``also``, merged."""
+    out = {}
+    for f in sorted((run / "repeats").glob("repeat-*.json")):
+        rec = json.loads(f.read_text())
+        for root in also:
+            g = root / run.name / "repeats" / f.name
+            if g.is_file():
+                other = json.loads(g.read_text())
+                for mine, theirs in zip(rec["rounds"], other["rounds"]):
+                    mine["groups"] = {**theirs["groups"], **mine["groups"]}
+        out[rec["repeat"]] = rec
+    return out
+
+
+def predictors(root: Path, also: list[Path], lsb: str = "Stat-AL+LSB-LT@0.5", control: str = CONTROL) -> None:
+    """How well the round-1 signals predicted whether broadening paid: per repeat, the diagnostic's lift and
+    each Auto group's measured value difference (LSB-LT − Stat-AL, round 1) against the round-1 accuracy
+    difference of ``lsb`` and ``control`` (Spearman ρ over all repeats; sign agreement)."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for run in sorted(p for p in root.iterdir() if (p / "repeats").is_dir()):
+        for rec in _repeats(run, also).values():
+            g = rec["rounds"][0]["groups"]
+            if lsb not in g or control not in g:
+                continue
+            gain = g[lsb]["table2"]["accuracy"] - g[control]["table2"]["accuracy"]
+            row = {"run": run.name, "gain": gain, "lift": (rec.get("diagnosis") or {}).get("lift"),
+                   "verdict": (rec.get("diagnosis") or {}).get("verdict")}
+            for name, grp in g.items():
+                vals = (grp.get("auto") or {}).get("values") or {}
+                if "lsb-lt" in vals and "stat" in vals:
+                    row[name] = vals["lsb-lt"]["value"] - vals["stat"]["value"]
+            rows.append(row)
+    if not rows:
+        return
+    print(f"\n#### What predicted the winner (round 1: {lsb} − {control} accuracy, {len(rows)} repeats)\n")
+    print("| signal | Spearman ρ with the gain | p | sign agrees |")
+    print("|---|---|---|---|")
+    signals = ["lift"] + sorted({k for r in rows for k in r if k.startswith("Auto")})
+    for sig in signals:
+        pairs = [(r[sig], r["gain"]) for r in rows if r.get(sig) is not None]
+        if len(pairs) < 3:
+            continue
+        x, y = zip(*pairs)
+        rho, p = spearmanr(x, y)
+        centre = 1.0 if sig == "lift" else 0.0  # lift > 1 / value difference > 0 predicts "LSB pays"
+        agree = sum((a > centre) == (b > 0) for a, b in pairs if b != 0) / max(1, sum(b != 0 for _, b in pairs))
+        label = "diagnostic lift" if sig == "lift" else f"{sig}: measured value LSB-LT − Stat-AL"
+        print(f"| {label} | {rho:+.2f} | {p:.2g} | {agree:.0%} |")
+    by = {}
+    for r in rows:
+        if r["verdict"]:
+            by.setdefault(r["verdict"], []).append(r["gain"])
+    print("\nRound-1 gain by the diagnostic's verdict: " + "; ".join(
+        f"{v} {sum(x) / len(x):+.4f} (LSB ahead in {sum(x_ > 0 for x_ in x)}/{len(x)})" for v, x in sorted(by.items())))
 
 
 if __name__ == "__main__":
