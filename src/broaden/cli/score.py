@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="text runs: auto uses bf16 only where the hardware has it and a calibration sample "
                    "shows the same predictions (argmax ≥ 99.9 %%, probabilities within 0.01) and a speed-up "
                    "(default: %(default)s)")
+    p.add_argument("--mc-dropout", type=int, default=0, metavar="N",
+                   help="also run N >= 2 forward passes with dropout on (Monte Carlo dropout) and write them as "
+                   "committee columns probs_m0..probs_m{N-1}, their mean as probs, for --strategy bald or qbc "
+                   "(default: off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the --mc-dropout passes (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_column_flags(p)
     add_engine_flags(p)
@@ -48,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     with engine_from_args(args) as engine:
         result = score(args.model, args.data, args.out, batch_size=args.batch_size, columns=columns_from_args(args),
                        errors_out=args.errors_out, audio_cache=args.audio_cache, whisper_path=args.whisper_path,
-                       device=args.device, num_threads=args.threads, progress=not args.quiet, engine=engine)
+                       device=args.device, num_threads=args.threads, progress=not args.quiet, engine=engine,
+                       mc_dropout=args.mc_dropout, seed=args.seed)
     console = Console(stderr=True)
     console.print(f"scored {result.n_scored} item(s) -> {result.out}", highlight=False)
     if result.n_failed:
@@ -67,7 +73,8 @@ def _run_text(args: argparse.Namespace) -> int:
         raise ConfigError("a text run is scored locally; --engine ray is for Parquet items of a config run")
     result = score_text(args.model, args.data, args.out, columns=columns_from_args(args),
                         errors_out=args.errors_out, batch_size=args.batch_size, precision=args.precision,
-                        device=args.device, num_threads=args.threads, progress=not args.quiet)
+                        device=args.device, num_threads=args.threads, progress=not args.quiet,
+                        mc_dropout=args.mc_dropout, seed=args.seed)
     console = Console(stderr=True)
     console.print(f"scored {result.n_scored} item(s) -> {result.out} ({result.precision['dtype']}: "
                   f"{result.precision['reason']})", highlight=False)

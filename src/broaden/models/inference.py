@@ -22,6 +22,7 @@ class Scored:
     embedding: np.ndarray
     attention: list[np.ndarray] | None = None  # per item: head-averaged VLMAE weights over its positions
     errors: list[tuple[int, str]] = field(default_factory=list)
+    passes: np.ndarray | None = None  # (N, rows, C) Monte Carlo dropout probabilities; ``probs`` is their mean
 
 
 def _attention_lists(weights: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
@@ -30,23 +31,42 @@ def _attention_lists(weights: torch.Tensor, mask: torch.Tensor) -> list[np.ndarr
     return [row[m] for row, m in zip(mean, valid)]
 
 
+def _probs(out) -> np.ndarray:
+    return torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+
+
 def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[pa.Table | pa.RecordBatch],
-          *, device: str | torch.device = "cpu", labels: bool = False) -> Iterator[Scored]:
-    """Featurise and score each slice in eval mode without gradients; bad rows come back as errors."""
+          *, device: str | torch.device = "cpu", labels: bool = False, mc_dropout: int = 0,
+          seed: int = 0) -> Iterator[Scored]:
+    """Featurise and score each slice in eval mode without gradients; bad rows come back as errors.
+
+    ``mc_dropout`` = N ≥ 2 adds N Monte Carlo dropout passes per slice (:mod:`broaden.models.mcdropout`,
+    seeded by ``seed`` and the slice's ids): ``probs`` is then their mean, ``passes`` holds them, and the
+    embedding and attention still come from the deterministic pass.
+    """
+    from broaden.models.mcdropout import chunk_seed, mc_passes, mean_probs
+
     model.eval()
+    num_classes = model.config.num_classes
     for table in tables:
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         prepared: Prepared = featurizer(table, labels=labels)
         if prepared.batch is None:
             dim = model.backbone.width
-            yield Scored(table, prepared.rows, np.zeros((0, model.config.num_classes), np.float32),
+            yield Scored(table, prepared.rows, np.zeros((0, num_classes), np.float32),
                          np.zeros((0, dim), np.float32), [] if model.config.fusion == "vlmae" else None,
-                         prepared.errors)
+                         prepared.errors, np.zeros((mc_dropout, 0, num_classes), np.float32) if mc_dropout else None)
             continue
+        batch = prepared.batch.to(device)
+        passes = None
         with torch.inference_mode():
-            out = model(prepared.batch.to(device))
-            probs = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+            out = model(batch)
+            probs = _probs(out)
             emb = out.h_cls.float().cpu().numpy()
             att = _attention_lists(out.attention, out.audio_mask) if out.attention is not None else None
-        yield Scored(table, prepared.rows, probs, emb, att, prepared.errors)
+            if mc_dropout:
+                ids = table.column(featurizer.columns.id).take(pa.array(prepared.rows)).to_pylist()
+                passes = mc_passes(model, lambda: _probs(model(batch)), mc_dropout, chunk_seed(seed, ids), device)
+                probs = mean_probs(passes)
+        yield Scored(table, prepared.rows, probs, emb, att, prepared.errors, passes)

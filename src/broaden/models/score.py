@@ -2,8 +2,10 @@
 
 Output: the items' columns (except ``frames``) carried through, plus ``probs`` (C softmax probabilities),
 ``embedding`` (h_cls, float32) and, for ``vlmae`` models, ``audio_attention`` (the head-averaged Eq. 7
-weights over the item's valid audio positions; empty for an item without audio). Items are streamed in
-record batches and the output appears atomically when complete.
+weights over the item's valid audio positions; empty for an item without audio). With ``mc_dropout`` = N,
+also the N Monte Carlo dropout passes as committee columns ``probs_m0 … probs_m{N−1}`` and their mean as
+``probs`` (:mod:`broaden.models.mcdropout`). Items are streamed in record batches and the output appears
+atomically when complete.
 
 An item whose frames or audio cannot be used is not scored; it is listed with its row and reason in the
 errors file (``OUT`` with ``.errors.parquet`` in place of ``.parquet``; always written, empty when all
@@ -64,9 +66,11 @@ class BatchScorer:
     engine's worker): every input row comes back in input order, with ``ERROR_COL`` set where an item
     could not be scored (its outputs are then null)."""
 
-    def __init__(self, model, whisper_path, audio_cache, columns, base_dir, device, *, loaded=None):
+    def __init__(self, model, whisper_path, audio_cache, columns, base_dir, device, *, loaded=None,
+                 mc_dropout: int = 0, seed: int = 0):
         loaded = loaded or load_model(model, device=device, whisper_path=whisper_path)
         self.device, self.model = device, loaded.model
+        self.mc_dropout, self.seed = mc_dropout, seed
         self.item_cols, self.out_cols = _score_columns(loaded, columns)
         config = loaded.config
         cache = None
@@ -77,15 +81,21 @@ class BatchScorer:
         self.vlmae = config.fusion == "vlmae"
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        scored = next(infer(self.model, self.feat, [table], device=self.device))
-        n, dim = table.num_rows, scored.embedding.shape[1]
-        probs = np.full((n, scored.probs.shape[1]), np.nan, np.float32)
-        emb = np.full((n, dim), np.nan, np.float32)
-        probs[scored.rows], emb[scored.rows] = scored.probs, scored.embedding
+        scored = next(infer(self.model, self.feat, [table], device=self.device, mc_dropout=self.mc_dropout,
+                            seed=self.seed))
+        n = table.num_rows
         ok = np.zeros(n, dtype=bool)
         ok[scored.rows] = True
-        arrays = {self.out_cols.probs: _nullable(matrix_to_list_array(probs), ok),
-                  self.out_cols.embedding: _nullable(matrix_to_list_array(emb), ok)}
+
+        def column(values: np.ndarray) -> pa.Array:  # every input row, null where the item was not scored
+            full = np.full((n, values.shape[1]), np.nan, np.float32)
+            full[scored.rows] = values
+            return _nullable(matrix_to_list_array(full), ok)
+
+        arrays = {self.out_cols.probs: column(scored.probs)}
+        for name, member in zip(self.out_cols.committee(self.mc_dropout), scored.passes if self.mc_dropout else ()):
+            arrays[name] = column(member)
+        arrays[self.out_cols.embedding] = column(scored.embedding)
         if self.vlmae:
             att = [np.zeros(0, np.float32)] * n
             for r, a in zip(scored.rows, scored.attention or []):
@@ -117,16 +127,20 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
           batch_size: int = 128, columns: Columns | None = None, errors_out: str | os.PathLike | None = None,
           audio_cache: str | os.PathLike | None = None, whisper_path: str | None = None,
           device: str = "cpu", num_threads: int | None = None, progress: bool = True,
-          engine=None) -> ScoreResult:
+          engine=None, mc_dropout: int = 0, seed: int = 0) -> ScoreResult:
     """Score every item of ``data`` with the model saved in ``model`` (a run directory or model folder).
 
     ``columns`` names the id / label columns (read from and written to the same names) and the output
     probs / embedding columns; by default the id / label names the model was trained with. ``engine``
     ("local", "ray" or a :class:`broaden.engines.Engine`) runs the batches; on Ray each actor loads the
     model once and takes a GPU when the cluster has them (``device`` then only applies to local runs).
+    ``mc_dropout`` = N ≥ 2 writes N Monte Carlo dropout passes (seeded by ``seed``) as ``probs_m0 …`` and
+    their mean as ``probs`` (Gal & Ghahramani 2016), for the ``bald`` and ``qbc`` strategies.
     """
     from broaden.engines import get_engine
+    from broaden.models.mcdropout import check_passes
 
+    mc_dropout = check_passes(mc_dropout)
     runner = get_engine(engine)
     check_writable(out)  # a folder or unwritable --out fails now, not after scoring every item
     with torch_threads(num_threads):
@@ -137,16 +151,18 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
         # Duplicate ids are a table-level fault: find them before any scoring work, reading one column.
         read_table(data, columns=[item_cols.id],
                    validator=Validator(columns=Columns(id=item_cols.id), require=("id",)))
-        produced = {out_cols.probs, out_cols.embedding, ATTENTION_COL}
+        committee = out_cols.committee(mc_dropout)
+        # An items table that is itself a scored table gets fresh outputs, never stale committee columns.
+        produced = {out_cols.probs, out_cols.embedding, ATTENTION_COL, *out_cols.committee_in(schema.names)}
         carried = [f for f in schema if f.name != item_cols.frames and f.name not in produced]
-        fields = [*carried, pa.field(out_cols.probs, pa.list_(pa.float32())),
+        fields = [*carried, *(pa.field(c, pa.list_(pa.float32())) for c in (out_cols.probs, *committee)),
                   pa.field(out_cols.embedding, pa.list_(pa.float32()))]
         if config.fusion == "vlmae":
             fields.append(pa.field(ATTENTION_COL, pa.list_(pa.float32())))
         out_schema = pa.schema(fields)
         local = runner.name == "local"
         make = functools.partial(BatchScorer, str(model), whisper_path, audio_cache, columns, items_base_dir(data),
-                                 loaded=loaded if local else None)
+                                 loaded=loaded if local else None, mc_dropout=mc_dropout, seed=seed)
         failures: list[dict] = []
         offset = n_scored = 0
         with ParquetStreamWriter(out, out_schema) as writer, \

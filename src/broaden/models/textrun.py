@@ -352,6 +352,7 @@ class TextModel:
 
         loaded = load_model(self.run_dir, device=self.device)
         model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.network = model
 
         def forward(ids, mask):
             out = model(Batch(input_ids=ids, text_mask=mask))
@@ -370,15 +371,32 @@ class TextModel:
     def predict(self, streams: list[list[str]], bf16: bool = False,
                 advance: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (n, C) and the latent (n, d) for row-aligned text streams."""
+        probs, features, _ = self.predict_passes(streams, 0, bf16=bf16, advance=advance)
+        return probs, features
+
+    def predict_passes(self, streams: list[list[str]], mc_dropout: int, seed: int = 0, *, bf16: bool = False,
+                       advance: Callable[[int], None] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(probabilities, latent, passes): with ``mc_dropout`` = N ≥ 2, N Monte Carlo dropout passes
+        (N, n, C) seeded by ``seed`` (:mod:`broaden.models.mcdropout`) whose mean is the probabilities; the
+        latent is always the deterministic pass's. A frozen run samples its head's dropout only: its encoder
+        never trained, so it had no dropout to sample (and it runs once, not N times)."""
+        from broaden.models.mcdropout import mc_passes, mean_probs
+
         self.runner.bf16 = bf16
         if self.spec.mode == "frozen":
             features = self.encoder.features([self.runner.run(s)[0] for s in streams])
             probs = self.head.predict_proba(features).astype(np.float32)
+            net, sample = self.head.model_, lambda: self.head.predict_proba(features)
         else:
             probs, features = self.runner.run(streams[0])
+            net, sample = self.network, lambda: self.runner.run(streams[0])[0]
+        passes = mc_passes(net, sample, mc_dropout, seed, self.device) if mc_dropout else None
+        if passes is not None:
+            probs = mean_probs(passes)
         if advance is not None:
             advance(len(streams[0]))
-        return probs, features
+        return probs, features, passes
 
 
 def load_text_model(run: str | os.PathLike, **kwargs) -> TextModel:

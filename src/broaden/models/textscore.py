@@ -52,22 +52,25 @@ def _pool_labels(col: pa.ChunkedArray, class_names: list[str], where: RowRef, co
 def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, columns: Columns | None = None,
                errors_out: str | os.PathLike | None = None, batch_size: int = 64, window: int = 4096,
                precision: str = "auto", device: str = "cpu", num_threads: int | None = None,
-               progress: bool = True) -> TextScoreResult:
+               progress: bool = True, mc_dropout: int = 0, seed: int = 0) -> TextScoreResult:
     """Score every row of ``data`` with a text run (a path, or a loaded
     :class:`~broaden.models.textrun.TextModel`).
 
     ``columns`` names the output id / label / probs / embedding columns (and the pool's id column; without
     one in the file the row number from 0 is the id). ``precision`` is ``auto`` (bf16 when safe and
     faster), ``fp32`` or ``bf16`` (forced; still refused without native bf16). ``num_threads`` defaults to
-    one per core this process may use.
+    one per core this process may use. ``mc_dropout`` = N ≥ 2 writes N Monte Carlo dropout passes (seeded by
+    ``seed``) as ``probs_m0 …`` and their mean as ``probs`` (:meth:`TextModel.predict_passes`).
     """
     from broaden.models.fastinfer import CALIBRATION_ITEMS, bf16_hardware, choose_precision, default_threads
+    from broaden.models.mcdropout import check_passes, chunk_seed
     from broaden.models.text import torch_threads
     from broaden.models.textrun import TextModel
     from broaden.progress import track
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    mc_dropout = check_passes(mc_dropout)
     check_writable(out)
     errors_file = Path(errors_out) if errors_out else errors_path_for(out)
     check_writable(errors_file, "errors file")
@@ -111,18 +114,23 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
                                      list(sample), device)
             bf16 = check.dtype == "bf16"
 
-        produced = {cols.id, cols.label, cols.probs, cols.embedding, spec.label_col}
+        committee = cols.committee(mc_dropout)
+        produced = {cols.id, cols.label, cols.probs, cols.embedding, spec.label_col,
+                    *cols.committee_in(table.column_names)}
         carried = [c for c in table.column_names if c not in produced]
-        schema = _schema(table, carried, cols, id_array)
+        schema = _schema(table, carried, cols, id_array, committee)
         with ParquetStreamWriter(out, schema) as writer, \
                 track("scoring", len(good), progress) as advance:
             for start in range(0, len(good), window):
                 rows = good[start:start + window]
-                probs, emb = tm.predict([[s[i] for i in rows] for s in streams], bf16, advance)
                 take = pa.array(rows)
                 part = {cols.id: id_array.take(take), cols.label: labels.take(take)}
+                probs, emb, passes = tm.predict_passes(
+                    [[s[i] for i in rows] for s in streams], mc_dropout,
+                    chunk_seed(seed, part[cols.id].to_pylist()) if mc_dropout else 0, bf16=bf16, advance=advance)
                 part.update({c: table.column(c).take(take) for c in carried})
                 part[cols.probs] = matrix_to_list_array(probs)
+                part.update({c: matrix_to_list_array(p) for c, p in zip(committee, passes if mc_dropout else ())})
                 part[cols.embedding] = matrix_to_list_array(emb.astype(np.float32))
                 writer.write(pa.table(part).cast(schema))
         failures = sorted(bad.items())
@@ -135,8 +143,10 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
     return TextScoreResult(Path(out), errors_file, int(len(good)), len(failures), used)
 
 
-def _schema(table: pa.Table, carried: list[str], cols: Columns, id_array: pa.ChunkedArray) -> pa.Schema:
+def _schema(table: pa.Table, carried: list[str], cols: Columns, id_array: pa.ChunkedArray,
+            committee: list[str]) -> pa.Schema:
     fields = [pa.field(cols.id, id_array.type), pa.field(cols.label, pa.int64())]
     fields += [table.schema.field(c) for c in carried]
-    fields += [pa.field(cols.probs, pa.list_(pa.float32())), pa.field(cols.embedding, pa.list_(pa.float32()))]
+    fields += [pa.field(c, pa.list_(pa.float32())) for c in (cols.probs, *committee)]
+    fields.append(pa.field(cols.embedding, pa.list_(pa.float32())))
     return pa.schema(fields)
