@@ -14,7 +14,8 @@ from broaden.metrics import TABLE2
 _PATHS = {key: (name, path) for key, name, path in TABLE2}
 METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
     _PATHS[key] for key in ("auc", "f1", "r_at_p40", "r_at_p50", "r_at_p60", "r_at_p70", "r_at_p80", "r_at_p90",
-                            "tpr_at_fpr1", "multiclass_loss", "max_beta_variance", "accuracy", "macro_f1")
+                            "tpr_at_fpr1", "multiclass_loss", "max_beta_variance", "accuracy", "macro_f1", "ece",
+                            "brier")
 )
 
 

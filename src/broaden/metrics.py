@@ -244,6 +244,109 @@ def multiclass_view(labels: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------- calibration
+ECE_BINS = 15  # Guo et al. (2017) report ECE with 15 equal-width bins
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Top-label reliability per equal-width confidence bin (lo, hi] (Guo et al. 2017, §2).
+
+    The confidence of an item is its largest probability; it is *correct* when that class is its label.
+    Empty bins hold NaN confidence and accuracy.
+    """
+
+    edges: np.ndarray
+    count: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Σ_m (|B_m| / n) · |acc(B_m) − conf(B_m)| over the non-empty bins; NaN for no items."""
+        n = int(self.count.sum())
+        if n == 0:
+            return float("nan")
+        used = self.count > 0
+        gap = np.abs(self.accuracy[used] - self.confidence[used])
+        return float((self.count[used] / n * gap).sum())
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> ReliabilityBins:
+    """Items grouped by top-label confidence into ``n_bins`` bins ((m−1)/M, m/M]: count, mean confidence and
+    accuracy of each (what a reliability diagram draws and ECE sums)."""
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"probs must be (n, C) with n = {labels.shape[0]}, got {probs.shape}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    confidence = probs.max(axis=1) if labels.size else np.zeros(0)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64) if labels.size else np.zeros(0)
+    # side="left" puts a confidence equal to an inner edge into the lower bin: bins are (lo, hi].
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(which, weights=confidence, minlength=n_bins) / count
+        acc = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return ReliabilityBins(edges, count, conf, acc)
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, n_bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error with equal-width bins (Guo et al. 2017, Eq. 3):
+    ECE = Σ_m (|B_m| / n) · |acc(B_m) − conf(B_m)|, B_m the items whose largest probability lies in
+    ((m−1)/M, m/M]. 0 is perfectly calibrated; NaN for no items."""
+    return reliability_bins(labels, probs, n_bins).ece
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray, *, scale_by_half: bool | str = "auto") -> float:
+    """Brier score: the mean over items of Σ_c (p_c − 1[y = c])², in [0, 2].
+
+    As scikit-learn's ``brier_score_loss``: ``scale_by_half="auto"`` halves it for two classes, where it
+    equals the binary form mean (p_1 − y)² in [0, 1]; ``True``/``False`` force either. NaN for no items.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
+        raise ValueError(f"probs must be (n, C) with n = {labels.shape[0]}, got {probs.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(f"labels must lie in 0..{probs.shape[1] - 1}")
+    if scale_by_half not in ("auto", True, False):
+        raise ValueError(f"scale_by_half must be 'auto', True or False, got {scale_by_half!r}")
+    if labels.size == 0:
+        return float("nan")
+    sq = probs.copy()
+    sq[np.arange(labels.size), labels] -= 1.0
+    value = float((sq ** 2).sum(axis=1).mean())
+    half = probs.shape[1] == 2 if scale_by_half == "auto" else bool(scale_by_half)
+    return value / 2 if half else value
+
+
+# -------------------------------------------------------------------------------------- agreement
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa between two label vectors: κ = (p_o − p_e) / (1 − p_e), p_o the observed agreement and
+    p_e the agreement expected from each vector's class shares.
+
+    Two identical constant vectors (p_e = 1) agree perfectly and give 1 (scikit-learn's
+    ``cohen_kappa_score`` returns NaN there); NaN for empty vectors.
+    """
+    a = np.asarray(a).astype(np.int64)
+    b = np.asarray(b).astype(np.int64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be 1-d and of one length, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        return float("nan")
+    if min(a.min(), b.min()) < 0:
+        raise ValueError("labels must be non-negative class indices")
+    n_classes = int(max(a.max(), b.max())) + 1
+    observed = float((a == b).mean())
+    expected = float(np.bincount(a, minlength=n_classes) @ np.bincount(b, minlength=n_classes)) / a.size ** 2
+    if expected >= 1.0:
+        return 1.0
+    return (observed - expected) / (1.0 - expected)
+
+
 # ------------------------------------------------------------------------------------- summary
 @renamed(discrepancy_kind="discrepancy")
 def evaluate(
@@ -256,8 +359,9 @@ def evaluate(
     """All DESIGN §4 metrics for labelled items: the binary view, Eq. 11, Eq. 12 and the multi-class view.
 
     Keys: n, auc, f1, recall_at_precision ("0.4" … "0.9"), tpr_at_fpr ("0.01"), multiclass_loss,
-    max_beta_variance, accuracy, macro_f1, per_class, confusion_matrix. Undefined values (AUC with one
-    class present, anything on an empty set) are NaN.
+    max_beta_variance, accuracy, macro_f1, per_class, confusion_matrix, ece (top-label, 15 bins) and brier
+    (:func:`expected_calibration_error`, :func:`brier_score`). Undefined values (AUC with one class
+    present, anything on an empty set) are NaN.
     """
     labels = np.asarray(labels).astype(np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -267,7 +371,7 @@ def evaluate(
         return out | {"auc": nan, "f1": nan, "recall_at_precision": {_key(x): nan for x in PRECISION_LEVELS},
                       "tpr_at_fpr": {_key(x): nan for x in FPR_LEVELS}, "multiclass_loss": nan,
                       "max_beta_variance": nan, "accuracy": nan, "macro_f1": nan, "per_class": {},
-                      "confusion_matrix": []}
+                      "confusion_matrix": [], "ece": nan, "brier": nan}
     y, s = binary_view(labels, probs, positive)
     pts = operating_points(y, s)
     out["auc"] = roc_auc(y, s)
@@ -277,6 +381,8 @@ def evaluate(
     out["multiclass_loss"] = multiclass_loss(labels, probs, discrepancy)
     out["max_beta_variance"] = max_beta_variance(y, s, _pts=pts)
     out.update(multiclass_view(labels, probs))
+    out["ece"] = expected_calibration_error(labels, probs)
+    out["brier"] = brier_score(labels, probs)
     return out
 
 
@@ -308,8 +414,9 @@ def to_jsonable(value):
 
 
 # ------------------------------------------------------------------------------- the metric names
-#: The paper's Table 2 metrics, once for every table that shows them (simulation results, the report, the
-#: terminal): (flat name in result files, display name, path in :func:`evaluate`'s output).
+#: The paper's Table 2 metrics (then the calibration metrics ECE and Brier), once for every table that shows
+#: them (simulation results, the report, the terminal): (flat name in result files, display name, path in
+#: :func:`evaluate`'s output).
 TABLE2: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("auc", "AUC", ("auc",)),
     ("f1", "F1", ("f1",)),
@@ -319,6 +426,8 @@ TABLE2: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("multiclass_loss", "MC loss", ("multiclass_loss",)),
     ("accuracy", "Acc", ("accuracy",)),
     ("macro_f1", "macro-F1", ("macro_f1",)),
+    ("ece", "ECE", ("ece",)),
+    ("brier", "Brier", ("brier",)),
 )
 #: Display names by flat name (Table 2 and the other per-round metrics the tables show).
 METRIC_NAMES: dict[str, str] = {key: name for key, name, _ in TABLE2}

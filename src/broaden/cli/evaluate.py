@@ -11,9 +11,10 @@ from broaden.cli.common import add_column_flags, columns_from_args, parse_int_li
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="AUC, F1, R@P40-90, TPR@1%%FPR, multiclass loss and max Beta variance of scored tables",
-        description="Evaluate the labelled rows of one or more scored tables (DESIGN.md §4). Several files "
-        "are shown side by side, one row each.",
+        help="AUC, F1, R@P40-90, TPR@1%%FPR, multiclass loss, max Beta variance, ECE and Brier of scored tables",
+        description="Evaluate the labelled rows of one or more scored tables (DESIGN.md §4), with their "
+        "calibration: ECE (top-label, 15 equal-width bins) and the Brier score (halved for two classes, as "
+        "scikit-learn). Several files are shown side by side, one row each.",
     )
     p.add_argument("scored", nargs="+", help="scored Parquet file(s) or directories")
     p.add_argument("--json", action="store_true", help="print JSON (a list when several files are given)")

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-fraction", type=float, default=0.1,
                    help="held out for early stopping (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    g.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's; --threads is the old name)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if the run directory holds a checkpoint")
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="KEY=VALUE",
@@ -82,12 +83,12 @@ def run(args: argparse.Namespace) -> int:
         return _run_text(args)
     from broaden.models.train import train
 
-    result = train(args.config, out=args.out, resume=args.resume, progress=not args.quiet,
+    result = train(args.config, out=args.out, resume=args.resume, show_progress=not args.quiet,
                    max_steps=args.max_steps, overrides=dict(args.overrides))
     print(json.dumps({"run_dir": str(result.run_dir), "model": str(result.model_dir), "metric": result.metric,
                       "best_metric": result.best_metric, "best_epoch": result.best_epoch,
                       "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
-                      "skipped_items": result.skipped_items}, indent=2))
+                      "skipped_items": result.skipped_items, "calibration": result.calibration}, indent=2))
     return 0
 
 
@@ -105,8 +106,8 @@ def _run_text(args: argparse.Namespace) -> int:
     result = train_text(args.data, Path(args.out), text=args.text, label=args.label, classes=args.classes,
                         id_col=args.id_col, pair=args.pair, encoder=args.encoder, model_path=args.model_path,
                         max_length=args.max_length, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        eval_fraction=args.eval_fraction, seed=args.seed, num_threads=args.threads,
-                        resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+                        eval_fraction=args.eval_fraction, seed=args.seed, num_threads=args.num_threads,
+                        resume=args.resume, max_steps=args.max_steps, show_progress=not args.quiet)
     print(json.dumps({"run_dir": str(result.run_dir), "encoder": result.mode, "items": result.n_items,
                       "classes": result.class_names, **result.summary}, indent=2))
     return 0

@@ -86,6 +86,7 @@ class EmbeddingClassifier:
         self.scale_: np.ndarray | None = None
         self.best_epoch_: int | None = None
         self.history_: list[dict] = []
+        self.val_idx_: np.ndarray | None = None  # rows of the last fit held out for early stopping
 
     # ------------------------------------------------------------------------------------ params
     def get_params(self) -> dict:
@@ -115,6 +116,7 @@ class EmbeddingClassifier:
             self.scale_ = np.ones(X.shape[1], np.float32)
         rng = np.random.default_rng(self.seed)
         train_idx, val_idx = self._split(y, rng)
+        self.val_idx_ = val_idx
         weights = self._class_weights(y[train_idx], C)
         sw = np.ones(len(y), np.float32) if sample_weight is None else np.asarray(sample_weight, np.float32)
         with _threads(self.num_threads):
@@ -217,9 +219,13 @@ class EmbeddingClassifier:
         width = self.num_classes_ if upto is None else self.hidden[-1]
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """The logits (n, C), float64: what temperature scaling divides."""
+        return self._forward(X, None).astype(np.float64)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n, C), float64 rows summing to 1."""
-        logits = self._forward(X, None).astype(np.float64)
+        logits = self.decision_function(X)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)

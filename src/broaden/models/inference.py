@@ -23,6 +23,7 @@ class Scored:
     attention: list[np.ndarray] | None = None  # per item: head-averaged VLMAE weights over its positions
     errors: list[tuple[int, str]] = field(default_factory=list)
     passes: np.ndarray | None = None  # (N, rows, C) Monte Carlo dropout probabilities; ``probs`` is their mean
+    logits: np.ndarray | None = None  # of the deterministic pass, before the temperature and the softmax
 
 
 def _attention_lists(weights: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
@@ -31,18 +32,19 @@ def _attention_lists(weights: torch.Tensor, mask: torch.Tensor) -> list[np.ndarr
     return [row[m] for row, m in zip(mean, valid)]
 
 
-def _probs(out) -> np.ndarray:
-    return torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+def _probs(out, temperature: float = 1.0) -> np.ndarray:
+    return torch.softmax(out.logits.float() / temperature, dim=-1).cpu().numpy()
 
 
 def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[pa.Table | pa.RecordBatch],
           *, device: str | torch.device = "cpu", labels: bool = False, mc_dropout: int = 0,
-          seed: int = 0) -> Iterator[Scored]:
+          seed: int = 0, temperature: float = 1.0) -> Iterator[Scored]:
     """Featurise and score each slice in eval mode without gradients; bad rows come back as errors.
 
     ``mc_dropout`` = N ≥ 2 adds N Monte Carlo dropout passes per slice (:mod:`broaden.models.mcdropout`,
     seeded by ``seed`` and the slice's ids): ``probs`` is then their mean, ``passes`` holds them, and the
-    embedding and attention still come from the deterministic pass.
+    embedding and attention still come from the deterministic pass. Probabilities are softmax(logits /
+    ``temperature``) (temperature scaling, :mod:`broaden.calibration`), in every pass.
     """
     from broaden.models.mcdropout import chunk_seed, mc_passes, mean_probs
 
@@ -62,11 +64,13 @@ def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[
         passes = None
         with torch.inference_mode():
             out = model(batch)
-            probs = _probs(out)
+            probs = _probs(out, temperature)
+            logits = out.logits.float().cpu().numpy()
             emb = out.h_cls.float().cpu().numpy()
             att = _attention_lists(out.attention, out.audio_mask) if out.attention is not None else None
             if mc_dropout:
                 ids = table.column(featurizer.columns.id).take(pa.array(prepared.rows)).to_pylist()
-                passes = mc_passes(model, lambda: _probs(model(batch)), mc_dropout, chunk_seed(seed, ids), device)
+                passes = mc_passes(model, lambda: _probs(model(batch), temperature), mc_dropout,
+                                   chunk_seed(seed, ids), device)
                 probs = mean_probs(passes)
-        yield Scored(table, prepared.rows, probs, emb, att, prepared.errors, passes)
+        yield Scored(table, prepared.rows, probs, emb, att, prepared.errors, passes, logits)

@@ -22,9 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from broaden._lazy import renamed
 from broaden.io import (
     Columns, ParquetStreamWriter, Validator, check_writable, count_rows, matrix_to_list_array, read_table, write_table,
 )
+from broaden.calibration import model_temperature, temperature_metadata
 from broaden.models.audio_cache import AudioCache
 from broaden.models.checkpoint import load_model
 from broaden.models.data import Featurizer, check_item_columns, items_base_dir
@@ -42,6 +44,7 @@ class ScoreResult:
     errors_path: Path
     n_scored: int
     n_failed: int
+    temperature: float | None = None  # the temperature applied to the probabilities (None: uncalibrated)
 
 
 def errors_path_for(out: str | os.PathLike) -> Path:
@@ -67,8 +70,9 @@ class BatchScorer:
     could not be scored (its outputs are then null)."""
 
     def __init__(self, model, whisper_path, audio_cache, columns, base_dir, device, *, loaded=None,
-                 mc_dropout: int = 0, seed: int = 0):
+                 mc_dropout: int = 0, seed: int = 0, calibrate: bool = True):
         loaded = loaded or load_model(model, device=device, whisper_path=whisper_path)
+        self.temperature = model_temperature(loaded.path) if calibrate else None
         self.device, self.model = device, loaded.model
         self.mc_dropout, self.seed = mc_dropout, seed
         self.item_cols, self.out_cols = _score_columns(loaded, columns)
@@ -82,7 +86,7 @@ class BatchScorer:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         scored = next(infer(self.model, self.feat, [table], device=self.device, mc_dropout=self.mc_dropout,
-                            seed=self.seed))
+                            seed=self.seed, temperature=self.temperature or 1.0))
         n = table.num_rows
         ok = np.zeros(n, dtype=bool)
         ok[scored.rows] = True
@@ -123,11 +127,12 @@ def _score_columns(loaded, columns: Columns | None) -> tuple:
     return item_cols, columns or Columns(id=item_cols.id, label=item_cols.label)
 
 
+@renamed(progress="show_progress")
 def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
           batch_size: int = 128, columns: Columns | None = None, errors_out: str | os.PathLike | None = None,
           audio_cache: str | os.PathLike | None = None, whisper_path: str | None = None,
-          device: str = "cpu", num_threads: int | None = None, progress: bool = True,
-          engine=None, mc_dropout: int = 0, seed: int = 0) -> ScoreResult:
+          device: str = "cpu", num_threads: int | None = None, show_progress: bool = True,
+          engine=None, mc_dropout: int = 0, seed: int = 0, calibrate: bool = True) -> ScoreResult:
     """Score every item of ``data`` with the model saved in ``model`` (a run directory or model folder).
 
     ``columns`` names the id / label columns (read from and written to the same names) and the output
@@ -136,6 +141,9 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
     model once and takes a GPU when the cluster has them (``device`` then only applies to local runs).
     ``mc_dropout`` = N ≥ 2 writes N Monte Carlo dropout passes (seeded by ``seed``) as ``probs_m0 …`` and
     their mean as ``probs`` (Gal & Ghahramani 2016), for the ``bald`` and ``qbc`` strategies.
+    ``calibrate`` applies the temperature ``broaden train`` fitted (``model/calibration.json``; Guo et al.
+    2017) to every probability written; T is recorded in the output's metadata (``broaden.temperature``) and
+    the result.
     """
     from broaden.engines import get_engine
     from broaden.models.mcdropout import check_passes
@@ -159,14 +167,16 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
                   pa.field(out_cols.embedding, pa.list_(pa.float32()))]
         if config.fusion == "vlmae":
             fields.append(pa.field(ATTENTION_COL, pa.list_(pa.float32())))
-        out_schema = pa.schema(fields)
+        temperature = model_temperature(loaded.path) if calibrate else None
+        out_schema = pa.schema(fields, metadata=temperature_metadata(temperature))
         local = runner.name == "local"
         make = functools.partial(BatchScorer, str(model), whisper_path, audio_cache, columns, items_base_dir(data),
-                                 loaded=loaded if local else None, mc_dropout=mc_dropout, seed=seed)
+                                 loaded=loaded if local else None, mc_dropout=mc_dropout, seed=seed,
+                                 calibrate=calibrate)
         failures: list[dict] = []
         offset = n_scored = 0
         with ParquetStreamWriter(out, out_schema) as writer, \
-                track("scoring", count_rows(data), progress and local) as advance:
+                track("scoring", count_rows(data), show_progress and local) as advance:
             for part in runner.map_batches(make, data, batch_size=batch_size, device=device if local else None,
                                            description="scoring"):
                 bad = pc.is_valid(part.column(ERROR_COL)).to_numpy(zero_copy_only=False)
@@ -182,4 +192,4 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
         write_table(pa.table({"id": pa.array([f["id"] for f in failures], id_type),
                               "row": pa.array([f["row"] for f in failures], pa.int64()),
                               "error": pa.array([f["error"] for f in failures], pa.string())}), errors_file)
-    return ScoreResult(Path(out), errors_file, n_scored, len(failures))
+    return ScoreResult(Path(out), errors_file, n_scored, len(failures), temperature)

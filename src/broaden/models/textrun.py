@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from broaden.datafiles import RowRef, check_ids, first_null, label_indices, read_data_file, require_columns, \
     text_column
+from broaden._lazy import renamed
 from broaden.errors import ConfigError, DatasetError
 from broaden.io import write_table, write_text
 
@@ -160,13 +161,14 @@ class TextTrainResult:
     summary: dict
 
 
+@renamed(progress="show_progress")
 def train_text(data: str | os.PathLike, out: str | os.PathLike, *, text: Sequence[str] | str, label: str = "label",
                classes: Sequence[str] | None = None, id_col: str | None = None, pair: bool = False,
                encoder: str = "frozen", model_path: str | os.PathLike | None = None,
                max_length: int | None = None, epochs: int = 5, batch_size: int = 32, lr: float = 4e-5,
                eval_fraction: float = 0.1, patience: int = 1, seed: int = 0, num_threads: int | None = None,
                resume: bool = True, max_steps: int | None = None, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True) -> TextTrainResult:
+               show_progress: bool = True) -> TextTrainResult:
     """Train a text classifier on a labelled file and save it as a run ``out`` (see the module doc).
 
     ``epochs``, ``batch_size``, ``lr``, ``patience`` and ``max_steps`` apply to ``finetune``; ``frozen`` trains
@@ -179,7 +181,7 @@ def train_text(data: str | os.PathLike, out: str | os.PathLike, *, text: Sequenc
     items = read_labeled(data, spec, classes)
     return fit_text(items, spec, out, epochs=epochs, batch_size=batch_size, lr=lr, eval_fraction=eval_fraction,
                     patience=patience, seed=seed, num_threads=num_threads, resume=resume, max_steps=max_steps,
-                    cache_dir=cache_dir, tag=Path(data).stem, progress=progress)
+                    cache_dir=cache_dir, tag=Path(data).stem, show_progress=show_progress)
 
 
 def make_spec(text_cols: list[str], *, label: str = "label", id_col: str | None = None, pair: bool = False,
@@ -197,10 +199,11 @@ def make_spec(text_cols: list[str], *, label: str = "label", id_col: str | None 
                        encoder_identity(folder, length), length).validate()
 
 
+@renamed(progress="show_progress")
 def fit_text(items: LabeledText, spec: TextRunSpec, out: str | os.PathLike, *, epochs: int = 5,
              batch_size: int = 32, lr: float = 4e-5, eval_fraction: float = 0.1, patience: int = 1, seed: int = 0,
              num_threads: int | None = None, resume: bool = True, max_steps: int | None = None,
-             cache_dir: str | os.PathLike | None = None, tag: str = "data", progress: bool = True) -> TextTrainResult:
+             cache_dir: str | os.PathLike | None = None, tag: str = "data", show_progress: bool = True) -> TextTrainResult:
     """Train on labelled texts already in memory and save the run ``out`` (what :func:`train_text` does
     after reading its file; simulations call it directly)."""
     from broaden.models.text import torch_threads
@@ -210,25 +213,26 @@ def fit_text(items: LabeledText, spec: TextRunSpec, out: str | os.PathLike, *, e
     with torch_threads(num_threads):
         if spec.mode == "frozen":
             summary = _train_frozen(items, spec, out, seed=seed, eval_fraction=eval_fraction,
-                                    cache_dir=cache_dir, tag=tag, progress=progress)
+                                    cache_dir=cache_dir, tag=tag, show_progress=show_progress)
         else:
             summary = _train_finetune(items, spec, out, epochs=epochs, batch_size=batch_size, lr=lr,
                                       eval_fraction=eval_fraction, patience=patience, seed=seed,
                                       num_threads=num_threads, resume=resume, max_steps=max_steps,
-                                      progress=progress)
+                                      show_progress=show_progress)
     if summary.get("stop_reason") != "max_steps":  # a paused fine-tune is not a usable run yet
         write_text(json.dumps({"format": FORMAT, **asdict(spec)}, indent=2), out / RECORD_FILE)
     return TextTrainResult(out, spec.mode, len(items.labels), spec.class_names, summary)
 
 
 def _train_frozen(items: LabeledText, spec: TextRunSpec, out: Path, *, seed: int, eval_fraction: float,
-                  cache_dir, tag: str, progress: bool) -> dict:
+                  cache_dir, tag: str, show_progress: bool) -> dict:
+    from broaden.calibration import fit_calibration
     from broaden.models.classifier import EmbeddingClassifier
     from broaden.models.embedding_cache import cached_encode
 
     model = FrozenEncoder(spec)
     streams = spec.streams(items.columns, model.tokenizer.sep_token)
-    vectors = [cached_encode(s, lambda t: model.embed(t, progress=progress), encoder_id=spec.encoder_id,
+    vectors = [cached_encode(s, lambda t: model.embed(t, show_progress=show_progress), encoder_id=spec.encoder_id,
                              tag=f"{tag}-{'+'.join(spec.text_cols)}-{k}", cache_dir=cache_dir)
                for k, s in enumerate(streams)]
     features = model.features(vectors)
@@ -238,8 +242,10 @@ def _train_frozen(items: LabeledText, spec: TextRunSpec, out: Path, *, seed: int
     clf.fit(features, items.labels, num_classes=len(spec.class_names))
     clf.save(out / "model")
     last = clf.history_[clf.best_epoch_] if clf.history_ else {}
+    val = clf.val_idx_
+    calibration = fit_calibration(out / "model", clf.decision_function(features[val]), items.labels[val])
     return {"best_epoch": clf.best_epoch_, "epochs_run": len(clf.history_), "val_loss": last.get("val_loss"),
-            "train_loss": last.get("train_loss")}
+            "train_loss": last.get("train_loss"), "calibration": calibration}
 
 
 def items_table(items: LabeledText) -> pa.Table:
@@ -251,7 +257,7 @@ def items_table(items: LabeledText) -> pa.Table:
 
 def _train_finetune(items: LabeledText, spec: TextRunSpec, out: Path, *, epochs: int, batch_size: int,
                     lr: float, eval_fraction: float, patience: int, seed: int, num_threads, resume: bool,
-                    max_steps, progress: bool) -> dict:
+                    max_steps, show_progress: bool) -> dict:
     from broaden.models.config import ItemColumns, ModelConfig, RunConfig, TrainConfig
     from broaden.models.train import train
 
@@ -272,9 +278,9 @@ def _train_finetune(items: LabeledText, spec: TextRunSpec, out: Path, *, epochs:
         train=TrainConfig(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
                           eval_fraction=eval_fraction, seed=seed, num_threads=num_threads).validate())
     spec.latent = "[CLS] hidden state of the fine-tuned encoder"
-    result = train(cfg, resume=resume, progress=progress, max_steps=max_steps)
+    result = train(cfg, resume=resume, show_progress=show_progress, max_steps=max_steps)
     return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stop_reason": result.stop_reason,
-            "eval_loss": result.best_metric}
+            "eval_loss": result.best_metric, "calibration": result.calibration}
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -302,10 +308,10 @@ class FrozenEncoder:
         self.runner = BucketedRunner(self.tokenizer, forward, max_length=spec.max_length, batch_size=batch_size,
                                      window=window, device=device)
 
-    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    def embed(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
         from broaden.progress import track
 
-        with track("embedding texts", len(texts), progress) as advance:
+        with track("embedding texts", len(texts), show_progress) as advance:
             return self.runner.run(list(texts), advance)[0]
 
     def features(self, vectors: list[np.ndarray]) -> np.ndarray:
@@ -315,9 +321,16 @@ class FrozenEncoder:
 
 
 class TextModel:
-    """A saved text run, ready to score: ``predict(streams) -> (probs, embedding)``."""
+    """A saved text run, ready to score: ``predict(streams) -> (probs, embedding)``.
 
-    def __init__(self, run: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64, window: int = 4096):
+    ``calibrate`` applies the temperature ``broaden train`` fitted on its validation split
+    (``model/calibration.json``, :mod:`broaden.calibration`); ``temperature`` is the T in use (None: none).
+    """
+
+    def __init__(self, run: str | os.PathLike, *, device: str = "cpu", batch_size: int = 64, window: int = 4096,
+                 calibrate: bool = True):
+        from broaden.calibration import read_calibration, scaler_from
+
         rec = record_path(run)
         if rec is None:
             raise ConfigError(f"{run}: not a run of `broaden train --data` (no {RECORD_FILE})")
@@ -340,10 +353,17 @@ class TextModel:
             self.head = EmbeddingClassifier.load(self.run_dir / "model")
             self.tokenizer = self.encoder.tokenizer
             self.runner = self.encoder.runner
+            model_dir = self.run_dir / "model"
         else:
-            self._load_finetuned(batch_size, window)
+            model_dir = self._load_finetuned(batch_size, window)
+        self._scaler = scaler_from(read_calibration(model_dir)) if calibrate else None
+        self.temperature = self._scaler.temperature_ if self._scaler is not None else None
 
-    def _load_finetuned(self, batch_size: int, window: int) -> None:
+    def _head_probs(self, features: np.ndarray) -> np.ndarray:
+        logits = self.head.decision_function(features)
+        return self._scaler.transform(logits) if self._scaler is not None else self.head.predict_proba(features)
+
+    def _load_finetuned(self, batch_size: int, window: int) -> Path:
         import torch
 
         from broaden.models.checkpoint import load_model
@@ -356,10 +376,11 @@ class TextModel:
 
         def forward(ids, mask):
             out = model(Batch(input_ids=ids, text_mask=mask))
-            return torch.softmax(out.logits.float(), dim=-1), out.h_cls
+            return torch.softmax(out.logits.float() / (self.temperature or 1.0), dim=-1), out.h_cls
 
         self.runner = BucketedRunner(self.tokenizer, forward, max_length=loaded.config.max_text_length,
                                      batch_size=batch_size, window=window, device=self.device)
+        return loaded.path
 
     @property
     def class_names(self) -> list[str]:
@@ -386,8 +407,8 @@ class TextModel:
         self.runner.bf16 = bf16
         if self.spec.mode == "frozen":
             features = self.encoder.features([self.runner.run(s)[0] for s in streams])
-            probs = self.head.predict_proba(features).astype(np.float32)
-            net, sample = self.head.model_, lambda: self.head.predict_proba(features)
+            probs = self._head_probs(features).astype(np.float32)
+            net, sample = self.head.model_, lambda: self._head_probs(features)
         else:
             probs, features = self.runner.run(streams[0])
             net, sample = self.network, lambda: self.runner.run(streams[0])[0]

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from broaden.datafiles import RowRef, check_ids, first_null, read_data_file, require_columns
+from broaden._lazy import renamed
 from broaden.errors import ConfigError, DatasetError
 from broaden.io import Columns, ParquetStreamWriter, check_writable, matrix_to_list_array, write_table
 from broaden.models.score import ScoreResult, errors_path_for
@@ -49,10 +50,12 @@ def _pool_labels(col: pa.ChunkedArray, class_names: list[str], where: RowRef, co
     return pa.array(out, pa.int64())
 
 
+@renamed(progress="show_progress")
 def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, columns: Columns | None = None,
                errors_out: str | os.PathLike | None = None, batch_size: int = 64, window: int = 4096,
                precision: str = "auto", device: str = "cpu", num_threads: int | None = None,
-               progress: bool = True, mc_dropout: int = 0, seed: int = 0) -> TextScoreResult:
+               show_progress: bool = True, mc_dropout: int = 0, seed: int = 0,
+               calibrate: bool = True) -> TextScoreResult:
     """Score every row of ``data`` with a text run (a path, or a loaded
     :class:`~broaden.models.textrun.TextModel`).
 
@@ -61,7 +64,10 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
     faster), ``fp32`` or ``bf16`` (forced; still refused without native bf16). ``num_threads`` defaults to
     one per core this process may use. ``mc_dropout`` = N ≥ 2 writes N Monte Carlo dropout passes (seeded by
     ``seed``) as ``probs_m0 …`` and their mean as ``probs`` (:meth:`TextModel.predict_passes`).
+    ``calibrate`` applies the run's temperature (:mod:`broaden.calibration`; a loaded ``TextModel`` keeps its
+    own choice); T is recorded in the output's metadata (``broaden.temperature``) and the result.
     """
+    from broaden.calibration import temperature_metadata
     from broaden.models.fastinfer import CALIBRATION_ITEMS, bf16_hardware, choose_precision, default_threads
     from broaden.models.mcdropout import check_passes, chunk_seed
     from broaden.models.text import torch_threads
@@ -77,7 +83,7 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
     cols = columns or Columns()
     with torch_threads(num_threads or default_threads()):
         tm = model if isinstance(model, TextModel) else TextModel(model, device=device, batch_size=batch_size,
-                                                                  window=window)
+                                                                  window=window, calibrate=calibrate)
         spec = tm.spec
         source = str(data)
         table = read_data_file(data, [cols.id, *spec.text_cols])
@@ -118,9 +124,10 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
         produced = {cols.id, cols.label, cols.probs, cols.embedding, spec.label_col,
                     *cols.committee_in(table.column_names)}
         carried = [c for c in table.column_names if c not in produced]
-        schema = _schema(table, carried, cols, id_array, committee)
+        schema = _schema(table, carried, cols, id_array, committee).with_metadata(
+            temperature_metadata(tm.temperature))
         with ParquetStreamWriter(out, schema) as writer, \
-                track("scoring", len(good), progress) as advance:
+                track("scoring", len(good), show_progress) as advance:
             for start in range(0, len(good), window):
                 rows = good[start:start + window]
                 take = pa.array(rows)
@@ -140,7 +147,7 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
                     errors_file)
     used = (asdict(check) if check is not None else
             {"dtype": "bf16" if bf16 else "fp32", "reason": f"--precision {precision}"})
-    return TextScoreResult(Path(out), errors_file, int(len(good)), len(failures), used)
+    return TextScoreResult(Path(out), errors_file, int(len(good)), len(failures), tm.temperature, precision=used)
 
 
 def _schema(table: pa.Table, carried: list[str], cols: Columns, id_array: pa.ChunkedArray,

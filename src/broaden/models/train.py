@@ -3,7 +3,8 @@ epochs, stop early once the eval metric stops improving).
 
 The run directory holds::
 
-    model/          the best model so far (what `broaden score --model RUN` loads)
+    model/          the best model so far (what `broaden score --model RUN` loads); with an eval split,
+                    model/calibration.json holds its temperature (Guo et al. 2017), fitted at the end
     checkpoint/     the latest resumable state: weights, optimizer, RNG, epoch/step, history
     history.json    per-epoch train loss and eval metrics
     run_config.json the resolved configuration
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from broaden._lazy import renamed
 from broaden.errors import BroadenError, ScoredTableError
 from broaden.io import atomic_dir, labels_array, write_table, write_text
 from broaden.models.audio import WhisperAudio
@@ -58,6 +60,7 @@ class TrainResult:
     stop_reason: str
     history: list[dict] = field(default_factory=list)
     skipped_items: int = 0
+    calibration: dict | None = None  # temperature scaling of the best model on the eval split (calibration.json)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -121,9 +124,9 @@ def _improved(value: float, best: float | None, metric: str, min_delta: float) -
 
 # ------------------------------------------------------------------------------------------ train
 class _Trainer:
-    def __init__(self, cfg: RunConfig, progress: bool):
+    def __init__(self, cfg: RunConfig, show_progress: bool):
         self.cfg = cfg
-        self.progress = progress
+        self.show_progress = show_progress
         self.out = Path(cfg.out)
         t = cfg.train
         self.device = torch.device(t.device)
@@ -202,7 +205,7 @@ class _Trainer:
         bad: list[tuple[int, object, str]] = []
         ids = table.column(self.cfg.columns.id).to_pylist()
         size = self.cfg.train.eval_batch_size
-        with track(f"checking {split} items", table.num_rows, self.progress) as advance:
+        with track(f"checking {split} items", table.num_rows, self.show_progress) as advance:
             for start in range(0, table.num_rows, size):
                 prepared = feat(table.slice(start, size))
                 bad += [(start + r, ids[start + r], msg) for r, msg in prepared.errors]
@@ -253,15 +256,37 @@ class _Trainer:
         return read_training_state(folder, self.optimizer)
 
     # -- loop
-    def evaluate(self) -> dict:
-        if self.eval_table is None:
-            return {}
-        probs, labels = [], []
+    def _eval_outputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels, probabilities, logits) of the eval split under the current weights."""
+        probs, labels, logits = [], [], []
         for scored in infer(self.model, self.eval_feat, _slices(self.eval_table, self.cfg.train.eval_batch_size),
                             device=self.device):
             probs.append(scored.probs)
+            logits.append(scored.logits if scored.logits is not None else np.zeros_like(scored.probs))  # no rows
             labels.append(labels_array(scored.table.column(self.cfg.columns.label))[scored.rows])
-        return eval_metrics(np.concatenate(labels), np.concatenate(probs))
+        return np.concatenate(labels), np.concatenate(probs), np.concatenate(logits)
+
+    def evaluate(self) -> dict:
+        if self.eval_table is None:
+            return {}
+        labels, probs, _ = self._eval_outputs()
+        return eval_metrics(labels, probs)
+
+    def calibrate(self) -> dict | None:
+        """Temperature scaling (Guo et al. 2017) of the saved best model on the eval split; T is stored in
+        its folder (``calibration.json``) for ``broaden score``. None without an eval split or a model."""
+        from safetensors.torch import load_file
+
+        from broaden.calibration import fit_calibration
+        from broaden.models.checkpoint import WEIGHTS_FILE
+
+        folder = existing_dir(self.out / "model")
+        if self.eval_table is None or folder is None:
+            return None
+        # The best epoch's weights, not the last one's (external audio weights are not in the file).
+        self.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
+        labels, _, logits = self._eval_outputs()
+        return fit_calibration(folder, logits, labels, fitted_on="eval split")
 
     def step(self, rows: np.ndarray) -> float:
         prepared = self.train_feat(self.train_table.take(rows), labels=True)
@@ -288,7 +313,7 @@ class _Trainer:
         while not state["finished"] and state["epoch"] < t.epochs:
             epoch = state["epoch"]
             order = np.random.default_rng([t.seed, epoch]).permutation(n)
-            with track(f"epoch {epoch + 1}/{t.epochs}", n_batches, self.progress) as advance:
+            with track(f"epoch {epoch + 1}/{t.epochs}", n_batches, self.show_progress) as advance:
                 advance(state["step"])
                 while state["step"] < n_batches:
                     if max_steps is not None and state["global_step"] >= max_steps:
@@ -323,10 +348,10 @@ class _Trainer:
             self._report(entry, metric)
             write_text(json.dumps(state["history"], indent=2), self.out / "history.json")
             self.save_checkpoint(state)
-        return self._result(state, state["stop_reason"] or "max_epochs")
+        return self._result(state, state["stop_reason"] or "max_epochs", self.calibrate())
 
     def _report(self, entry: dict, metric: str) -> None:
-        if not self.progress:
+        if not self.show_progress:
             return
         from rich.console import Console
 
@@ -335,13 +360,15 @@ class _Trainer:
         Console(stderr=True).print(f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}{shown}"
                                    f"{' (best)' if entry['improved'] else ''}", highlight=False)
 
-    def _result(self, state: dict, reason: str) -> TrainResult:
+    def _result(self, state: dict, reason: str, calibration: dict | None = None) -> TrainResult:
         return TrainResult(self.out, self.out / "model", self.cfg.train.eval_metric, state["best"],
-                           state["best_epoch"], state["epoch"], reason, state["history"], self.skipped)
+                           state["best_epoch"], state["epoch"], reason, state["history"], self.skipped,
+                           calibration)
 
 
+@renamed(progress="show_progress")
 def train(config: RunConfig | str | os.PathLike, *, out: str | os.PathLike | None = None, resume: bool = True,
-          progress: bool = True, max_steps: int | None = None, overrides: dict | None = None) -> TrainResult:
+          show_progress: bool = True, max_steps: int | None = None, overrides: dict | None = None) -> TrainResult:
     """Train the classifier described by ``config`` (a :class:`RunConfig` or a TOML/YAML file).
 
     ``resume`` continues from ``<out>/checkpoint`` when one exists for the same config and data;
@@ -357,4 +384,4 @@ def train(config: RunConfig | str | os.PathLike, *, out: str | os.PathLike | Non
     if out is not None:
         cfg.out = str(out)
     with torch_threads(cfg.train.num_threads):
-        return _Trainer(cfg, progress).run(resume, max_steps)
+        return _Trainer(cfg, show_progress).run(resume, max_steps)

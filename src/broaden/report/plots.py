@@ -16,7 +16,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from broaden.metrics import binary_view, operating_points, precision_points, roc_auc, tpr_at_fpr
+from broaden.metrics import (ECE_BINS, binary_view, operating_points, precision_points, reliability_bins, roc_auc,
+                             tpr_at_fpr)
 from broaden.report.data import ConfusionData, LookalikeData, ScoreSet, TrendPanel
 from broaden.report.safe import Markup, escape
 
@@ -168,6 +169,36 @@ def pr_roc(canvas: SvgCanvas, sets: Sequence[ScoreSet], palette: Palette, *,
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
                title="ROC (◆: TPR at 1 % FPR)")
     return canvas.render(fig, "precision-recall and ROC curves"), aucs
+
+
+# -------------------------------------------------------------------------------- reliability
+@styled
+def reliability(canvas: SvgCanvas, sets: Sequence[ScoreSet], palette: Palette, *,
+                n_bins: int = ECE_BINS) -> tuple[Markup, dict[str, float]]:
+    """Reliability diagram (Guo et al. 2017, Fig. 1): top-label accuracy against mean confidence per
+    equal-width confidence bin, the diagonal being perfect calibration, and the share of items per bin.
+
+    Returns the figure and the ECE of each drawn set (the same bins, :func:`broaden.metrics.reliability_bins`).
+    """
+    fig = canvas.figure(10.0, 4.0)
+    ax_rel, ax_hist = fig.subplots(1, 2)
+    eces: dict[str, float] = {}
+    for ss in sets:
+        if not len(ss.labels):
+            continue
+        bins = reliability_bins(ss.labels, ss.probs, n_bins)
+        eces[ss.name] = bins.ece
+        colour = palette[ss.name]
+        used = bins.count > 0
+        ax_rel.plot(bins.confidence[used], bins.accuracy[used], color=colour, lw=1.6, marker="o", ms=4)
+        centres = (bins.edges[:-1] + bins.edges[1:]) / 2
+        ax_hist.plot(centres, bins.count / bins.count.sum(), color=colour, lw=1.6, drawstyle="steps-mid")
+    ax_rel.plot([0, 1], [0, 1], color="#cbd5e1", lw=0.8, ls="--")
+    ax_rel.set(xlabel="confidence (largest probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"Reliability ({n_bins} bins; diagonal: calibrated)")
+    ax_hist.set(xlabel="confidence (largest probability)", ylabel="share of items", xlim=(0, 1),
+                title="Confidence distribution")
+    return canvas.render(fig, "reliability diagram"), eces
 
 
 # ------------------------------------------------------------------------------------- trends

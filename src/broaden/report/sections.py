@@ -112,7 +112,12 @@ def render_curves(data: ReportData, palette: plots.Palette, canvas: plots.SvgCan
     skipped = [s.name for s in data.curves if s.name not in aucs]
     if skipped:
         caption += f" Not drawn (only one class present): {', '.join(skipped)}."
-    return join([legend(palette, aucs, lambda n: f"AUC {aucs[n]:.3f}"), figure(svg, caption)])
+    rel, eces = plots.reliability(canvas, data.curves, palette)
+    rel_caption = ("Calibration (Guo et al. 2017): items binned by their largest probability; a calibrated "
+                   "model's accuracy in each bin equals its mean confidence (the diagonal). ECE = Σ (|B|/n)·"
+                   "|accuracy(B) − confidence(B)| over the bins.")
+    return join([legend(palette, aucs, lambda n: f"AUC {aucs[n]:.3f}"), figure(svg, caption),
+                 legend(palette, eces, lambda n: f"ECE {eces[n]:.3f}"), figure(rel, rel_caption)])
 
 
 def legend(palette: plots.Palette, names, detail: Callable[[str], str] | None = None) -> Markup:
@@ -295,7 +300,7 @@ def prob_bars(probs: Sequence[float], label: int | None, data: ReportData) -> Ma
 SECTIONS: tuple[Section, ...] = (
     Section("table1", "Table 1", "Table 1 — how valuable is each selected set?", _table_section("table1")),
     Section("table2", "Table 2", "Table 2 — the model after retraining", _table_section("table2")),
-    Section("curves", "PR & ROC", "Precision–recall and ROC curves", render_curves),
+    Section("curves", "Curves", "Precision–recall, ROC and reliability", render_curves),
     Section("trends", "Trends", "Per-round trends and bad-case yield", render_trends),
     Section("lookalike", "Lookalike", "Lookalike threshold: bad vs consistent items", render_lookalike),
     Section("explorer", "Explorer", "Bad-case explorer", render_explorer),

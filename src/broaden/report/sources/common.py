@@ -23,6 +23,8 @@ TABLE2_COLUMNS = (
     MetricColumn("multiclass_loss", METRIC_NAMES["multiclass_loss"], higher_is_better=False),
     MetricColumn("max_beta_variance", METRIC_NAMES["max_beta_variance"], higher_is_better=False, digits=4),
 )
+# Calibration of the same model (Guo et al. 2017 ECE, Brier): where the source records them.
+CALIBRATION_COLUMNS = tuple(MetricColumn(k, METRIC_NAMES[k], higher_is_better=False) for k in ("ece", "brier"))
 
 
 class ReportError(BroadenError):
