@@ -10,6 +10,7 @@ import yaml
 
 from broaden.errors import ConfigError
 from broaden.io import Columns
+from broaden.rounds.resolve import RESOLUTIONS
 from broaden.settings import dataclass_from_dict
 
 
@@ -45,6 +46,7 @@ class WorkspaceConfig:
     embedding_version_col: str = "embedding_version"
     positive: list[int] | None = None
     label_studio: dict = field(default_factory=dict)
+    label_resolution: str = "majority"
 
     def __post_init__(self) -> None:
         names = self.class_names
@@ -66,6 +68,9 @@ class WorkspaceConfig:
                 raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
         if self.discrepancy not in ("ordinal", "nominal"):
             raise ConfigError(f"discrepancy must be 'ordinal' or 'nominal', got {self.discrepancy!r}")
+        if self.label_resolution not in RESOLUTIONS:
+            raise ConfigError(f"label_resolution must be one of {', '.join(map(repr, RESOLUTIONS))} (how several "
+                              f"annotators' votes become one label), got {self.label_resolution!r}")
         self._check_label_studio()
         unknown = set(self.columns) - {f.name for f in dataclasses.fields(Columns)}
         if unknown:

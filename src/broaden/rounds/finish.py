@@ -14,7 +14,6 @@ import numpy as np
 from broaden import io
 from broaden.metrics import evaluate, to_jsonable
 from broaden.rounds.ledger import fault_point
-from broaden.rounds.resolve import resolve_votes
 from broaden.rounds.values import round_values
 from broaden.rounds.status import describe_open, open_items
 from broaden.rounds.workspace import (
@@ -36,7 +35,8 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
     cfg, cols = ws.config, ws.config.cols
     with ws.locked() as ledger:
         number = ws.open_round(ledger, round, "finish")
-        resolved = resolve_votes(ledger.votes(number))
+        consensus = ws.resolve(ledger)  # all rounds' votes: CROWDLAB rates the annotators on all of them
+        resolved = consensus.items
         pending_items, tied_items = open_items(ledger.items(number), resolved, cfg.class_names)
         pending, tied = len(pending_items), len(tied_items)
         if (pending or tied) and not allow_pending:
@@ -60,7 +60,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
         clf.save(ws.path / rel)
         metrics = {"model": {"path": str(rel), "id": model_id(ws.path / rel), "embedding_version": versions[0],
                              "trained_on": labeled.num_rows},
-                   "pending": pending, "tied": tied}
+                   "pending": pending, "tied": tied, "label_resolution": consensus.method}
         if cfg.eval:
             evaluation, eval_X, eval_y = _evaluate(ws, clf, versions[0])
             metrics["eval"] = to_jsonable(evaluation)

@@ -1,23 +1,32 @@
 """Turning several annotators' votes into one label, and the bad-case yield of each strategy.
 
-Resolution rule (documented in docs/rounds.md): each annotator counts once per item, with their latest
-label; the label with the most votes wins; when two or more labels share the top count the item is
-*tied*: it keeps all its votes, gets no label (it is left out of training and of yields) and is flagged
-in ``status`` until another vote breaks the tie.
+Resolution rules (documented in docs/rounds.md; the workspace's ``label_resolution``):
+
+- ``majority`` (default): each annotator counts once per item, with their latest label; the label with
+  the most votes wins; when two or more labels share the top count the item is *tied*: it keeps all its
+  votes, gets no label (it is left out of training and of yields) and is flagged in ``status`` until
+  another vote breaks the tie.
+- ``crowdlab``: cleanlab's multi-annotator consensus (CROWDLAB; Goh, Tkachenko & Mueller 2022), which
+  weighs each annotator by their estimated quality against the model's probabilities for the item, so
+  every voted item gets a label (no ties) with a consensus quality score, and each annotator a quality.
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats
+
+RESOLUTIONS = ("majority", "crowdlab")
 
 
 @dataclass(frozen=True)
 class Resolution:
     label: int | None
     votes: dict[int, int]
+    quality: float | None = None  # CROWDLAB's consensus quality score in 0..1 (None under majority vote)
 
     @property
     def tie(self) -> bool:
@@ -37,6 +46,74 @@ def resolve_votes(votes: Iterable) -> dict[tuple[str, int], Resolution]:
         winners = [label for label, n in ranked if n == top]
         out[key] = Resolution(winners[0] if len(winners) == 1 else None, dict(sorted(counter.items())))
     return out
+
+
+@dataclass
+class Consensus:
+    """The labels of a workspace's voted items under one rule, and what that rule says about the annotators.
+
+    ``items``: {(item_key, round): Resolution}. ``annotators``: one dict per annotator (``annotator``,
+    ``quality``, ``agreement_with_consensus``, ``worst_class``, ``items``), lowest quality first, or None
+    under majority vote. ``note``: why CROWDLAB fell back to majority vote, if it did.
+    """
+
+    method: str
+    items: dict[tuple[str, int], Resolution]
+    annotators: list[dict] | None = None
+    note: str | None = None
+
+
+def crowdlab_votes(votes: Iterable) -> tuple[list[tuple[str, int]], list[str], np.ndarray]:
+    """(item keys, annotators, the N × M label matrix with NaN where an annotator did not label an item):
+    the wide form cleanlab's multi-annotator functions take, rows and columns in sorted order."""
+    rows = [(r["item_key"], int(r["round"]), str(r["annotator"]), int(r["label"])) for r in votes]
+    keys = sorted({(k, rnd) for k, rnd, _, _ in rows})
+    annotators = sorted({a for _, _, a, _ in rows})
+    row_of = {k: i for i, k in enumerate(keys)}
+    col_of = {a: j for j, a in enumerate(annotators)}
+    wide = np.full((len(keys), len(annotators)), np.nan)
+    for k, rnd, a, label in rows:
+        wide[row_of[(k, rnd)], col_of[a]] = label
+    return keys, annotators, wide
+
+
+def resolve_crowdlab(votes: Iterable, pred_probs: Mapping[tuple[str, int], np.ndarray]) -> Consensus:
+    """CROWDLAB consensus (``cleanlab.multiannotator.get_label_quality_multiannotator`` with its defaults) of
+    every voted item; ``pred_probs[(item_key, round)]`` is the model's probabilities for the item (the ones
+    it was selected with: out-of-sample, as CROWDLAB wants).
+
+    CROWDLAB needs two or more annotators and an item with two or more votes; before that the rule is
+    majority vote (one vote per item: that vote), and ``note`` says so.
+    """
+    votes = list(votes)
+    keys, annotators, wide = crowdlab_votes(votes)
+    per_item = (~np.isnan(wide)).sum(axis=1)
+    if len(annotators) < 2 or not (per_item > 1).any():
+        why = ("one annotator" if len(annotators) < 2 else "no item with two or more votes")
+        return Consensus("majority", resolve_votes(votes), None,
+                         f"crowdlab needs two or more annotators and an item with two or more votes; there is "
+                         f"{why} yet, so labels are the majority vote")
+    missing = [k for k in keys if k not in pred_probs]
+    if missing:
+        raise ValueError(f"crowdlab needs the model's probabilities of every voted item; none for item "
+                         f"{missing[0][0]!r} of round {missing[0][1]}")
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    probs = np.stack([np.asarray(pred_probs[k], dtype=np.float64) for k in keys])
+    info = get_label_quality_multiannotator(wide, probs, verbose=False)
+    quality = info["label_quality"]
+    labels = quality["consensus_label"].to_numpy()
+    scores = quality["consensus_quality_score"].to_numpy()
+    items = {}
+    for i, key in enumerate(keys):
+        counts = Counter(int(v) for v in wide[i] if not np.isnan(v))
+        items[key] = Resolution(int(labels[i]), dict(sorted(counts.items())), float(scores[i]))
+    stats_ = info["annotator_stats"]  # indexed by column position (we passed an array), worst first
+    table = [{"annotator": annotators[int(j)], "quality": float(row["annotator_quality"]),
+              "agreement_with_consensus": float(row["agreement_with_consensus"]),
+              "worst_class": int(row["worst_class"]), "items": int(row["num_examples_labeled"])}
+             for j, row in stats_.iterrows()]
+    return Consensus("crowdlab", items, table)
 
 
 @dataclass(frozen=True)

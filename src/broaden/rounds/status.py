@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from broaden.rounds.resolve import beta_yield, resolve_votes
+from broaden.rounds.resolve import beta_yield
 from broaden.rounds.workspace import Workspace
 
 EVAL_KEYS = ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")
@@ -51,11 +51,12 @@ def describe_open(pending: list[str], tied: list[dict], limit: int = 5) -> str:
 
 def status(ws: Workspace, *, level: float = 0.9) -> dict:
     with ws.ledger() as ledger:
-        rounds, items, votes = ledger.rounds(), ledger.items(), ledger.votes()
+        rounds, items = ledger.rounds(), ledger.items()
+        consensus = ws.resolve(ledger)
         counts = ledger.counts()
         allocations = {r["round"]: ledger.get_meta(f"allocation:{r['round']}") for r in rounds}
         diagnosis = _diagnosis(ws, ledger)
-    resolved = resolve_votes(votes)
+    resolved = consensus.items
     open_numbers = {r["round"] for r in rounds if r["status"] == "open"}
     by_open: dict[int, list] = defaultdict(list)
     per_round: dict[int, dict] = defaultdict(lambda: {"selected": 0, "labelled": 0, "tied": 0, "pending": 0})
@@ -104,7 +105,17 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
         "strategies": {name: beta_yield(bad, n, level).to_dict() for name, (n, bad) in sorted(overall.items())},
         "strategies_by_round": {str(k): v for k, v in sorted(by_round.items())},
         "votes": counts["annotations"], "imports": counts["imports"], "diagnosis": diagnosis,
+        "label_resolution": consensus.method, "resolution_note": consensus.note,
+        "annotators": _named(consensus.annotators, ws.config.class_names),
     }
+
+
+def _named(annotators: list[dict] | None, class_names: list[str]) -> list[dict] | None:
+    """CROWDLAB's per-annotator table with the worst class as its name, as tied items show their votes."""
+    if annotators is None:
+        return None
+    return [a | {"worst_class": class_names[a["worst_class"]] if a["worst_class"] < len(class_names)
+                 else str(a["worst_class"])} for a in annotators]
 
 
 def _diagnosis(ws: Workspace, ledger) -> dict | None:
@@ -163,6 +174,13 @@ def print_status(report: dict) -> None:
                           highlight=False)
     if report.get("diagnosis"):
         console.print(f"latest labels: {report['diagnosis']['reading']}", highlight=False)
+    if report.get("annotators"):
+        print_table("annotators by CROWDLAB quality (label_resolution crowdlab; lowest first)",
+                    ["annotator", "quality", "agrees with consensus", "worst class", "items"],
+                    ((a["annotator"], fmt(a["quality"]), fmt(a["agreement_with_consensus"]), a["worst_class"],
+                      str(a["items"])) for a in report["annotators"]), console=console)
+    if report.get("resolution_note"):
+        console.print(f"labels: {report['resolution_note']}", highlight=False)
     print_table("bad-case yield per strategy (labelled items the selecting model got wrong)",
                 ["strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"],
                 ((name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")

@@ -33,7 +33,7 @@ from broaden.errors import BroadenError, ScoredTableError
 from broaden.rounds.config import ConfigError, WorkspaceConfig, dump_config, load_config
 from broaden.rounds.formats import data_fields, write_batch_exports
 from broaden.rounds.ledger import Ledger, now
-from broaden.rounds.resolve import resolve_votes
+from broaden.rounds.resolve import Consensus, resolve_crowdlab, resolve_votes
 from broaden.rounds.schema import LedgerError
 
 CONFIG_FILE = "config.yaml"
@@ -219,13 +219,36 @@ class Workspace:
         labelled table and the evaluation table (selecting those would leak them into training)."""
         return ledger.blocked_keys() | self.table_keys("labeled") | self.table_keys("eval")
 
+    def resolve(self, ledger: Ledger) -> Consensus:
+        """Every voted item's label under the config's ``label_resolution``: majority vote, or CROWDLAB
+        weighing the annotators against the probabilities each item was selected with (out-of-sample)."""
+        votes = ledger.votes()
+        if self.config.label_resolution != "crowdlab":
+            return Consensus("majority", resolve_votes(votes))
+        probs = self.selection_probs({int(v["round"]) for v in votes})
+        missing = sorted({(v["item_key"], int(v["round"])) for v in votes} - set(probs))
+        if missing:
+            key, rnd = missing[0]
+            raise WorkspaceError(f"label_resolution crowdlab needs the model's probabilities of every voted item; "
+                                 f"{self.batch_path(rnd)} has none for {key!r}; use label_resolution majority")
+        return resolve_crowdlab(votes, probs)
+
+    def selection_probs(self, rounds) -> dict[tuple[str, int], np.ndarray]:
+        """{(item_key, round): the probabilities the item was selected with} for the items of ``rounds``."""
+        cols, out = self.config.cols, {}
+        for rnd in sorted(rounds):
+            batch = self.read_batch(rnd)
+            if cols.probs in batch.column_names:
+                out.update(((k, rnd), p) for k, p in zip(key_strings(batch.column(cols.id)), matrix(batch, cols.probs)))
+        return out
+
     def labeled_table(self, ledger: Ledger, *, include_initial: bool = True, scored: bool = False) -> pa.Table:
         """Everything labelled so far: the config's initial labelled table plus every workspace item whose
-        votes resolve to a label (majority; ties left out). Columns: id (as text), label, probs (as
-        scored when selected: out-of-sample), embedding, embedding_version, round, strategy. ``scored``
-        keeps only rows with probabilities (what seeds and the error-clustering diagnostic need)."""
+        votes resolve to a label (:meth:`resolve`; majority-vote ties left out). Columns: id (as text), label,
+        probs (as scored when selected: out-of-sample), embedding, embedding_version, round, strategy.
+        ``scored`` keeps only rows with probabilities (what seeds and the error-clustering diagnostic need)."""
         cfg, cols = self.config, self.config.cols
-        resolved = resolve_votes(ledger.votes())
+        resolved = self.resolve(ledger).items
         parts = []
         by_round: dict[int, dict[str, int]] = {}
         for (key, rnd), res in resolved.items():

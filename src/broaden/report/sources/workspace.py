@@ -2,7 +2,7 @@
 
 The ledger is opened with SQLite's ``mode=ro`` and queried through :class:`broaden.rounds.Ledger`, so a
 report never migrates, locks or writes a workspace that a team is using. Labels are resolved with the
-rounds' own rule (:func:`broaden.rounds.resolve_votes`); bad-case yields use its Beta posterior.
+rounds' own rule (:meth:`broaden.rounds.Workspace.resolve`); bad-case yields use its Beta posterior.
 """
 from __future__ import annotations
 
@@ -64,16 +64,16 @@ def read_only_ledger(path: Path) -> Iterator:
 
 
 def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
-    from broaden.rounds import load_config, resolve_votes
+    from broaden.rounds import Workspace, load_config
 
     cfg = load_config(path / CONFIG_FILE)
     with read_only_ledger(path / LEDGER_FILE) as ledger:
         rounds = [dict(r) for r in ledger.rounds()]
         items = [dict(r) for r in ledger.items()]
-        votes = ledger.votes()
+        resolved = Workspace(path).resolve(ledger).items  # the workspace's label_resolution, as training used
         allocations = {r["round"]: json.loads(a) for r in rounds
                        if (a := ledger.get_meta(f"allocation:{r['round']}"))}
-    labels = {key: res.label for key, res in resolve_votes(votes).items() if res.label is not None}
+    labels = {key: res.label for key, res in resolved.items() if res.label is not None}
     for it in items:
         it["label"] = labels.get((it["item_key"], it["round"]))
     batches = {r["round"]: _batch(path, r["round"], cfg) for r in rounds}
