@@ -71,7 +71,7 @@ def main() -> None:
                 w.writerows([ids[i], heads[i], labels[i]] for i in rows)
         t0 = time.perf_counter()
         train_text(tmp / "train.csv", tmp / "run", text="headline", label="label", num_threads=args.threads,
-                   cache_dir=tmp / "cache", progress=False)
+                   cache_dir=tmp / "cache", show_progress=False)
         print(f"frozen run on {n_train} headlines trained in {time.perf_counter() - t0:.1f} s")
         texts = heads[n_train:n_train + args.items]
 
@@ -85,7 +85,7 @@ def main() -> None:
             for mode in ("auto", "fp32"):
                 t0 = time.perf_counter()
                 res = score_text(tmp / "run", tmp / "pool.csv", tmp / f"{mode}.parquet", batch_size=args.batch_size,
-                                 precision=mode, num_threads=args.threads, progress=False)
+                                 precision=mode, num_threads=args.threads, show_progress=False)
                 rate = res.n_scored / (time.perf_counter() - t0)
                 best[mode] = max(best.get(mode, 0), rate)
                 results[mode] = np.array(pq.read_table(tmp / f"{mode}.parquet").column("probs").to_pylist())

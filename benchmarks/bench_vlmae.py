@@ -77,7 +77,7 @@ def pretrained_encoder(avd: Path, work: Path, cfg, limit: int | None, progress: 
         info = pretraining_info(folder)
         if info["config"] == want and info["recordings"] == recordings["id"].to_pylist():
             return folder, info, True
-    pretrain_audio_encoder(recordings, folder, config=cfg, progress=progress)
+    pretrain_audio_encoder(recordings, folder, config=cfg, show_progress=progress)
     return folder, pretraining_info(folder), False
 
 
@@ -127,10 +127,10 @@ def train_and_score(cfg, test: Path, work: Path, threads: int, progress: bool) -
     from broaden.models.score import score
     from broaden.models.train import train
 
-    result = train(cfg, resume=False, progress=progress)
+    result = train(cfg, resume=False, show_progress=progress)
     scored = Path(cfg.out) / "test_scored.parquet"
     score(result.run_dir, test, scored, audio_cache=work / "audio_cache", num_threads=threads,
-          progress=progress)
+          show_progress=progress)
     return scored, {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
                     "stop_reason": result.stop_reason}
 

@@ -58,11 +58,11 @@ def test_bounded_drop_count_by_hand():
 
 
 @pytest.mark.parametrize("bound", [0.0, 0.01, 0.03, 0.06, 0.5])
-def test_max_share_keeps_suspected_share_under_bound_dropping_worst_first(rng, bound):
+def test_dirty_bound_keeps_suspected_share_under_bound_dropping_worst_first(rng, bound):
     labels, probs, _ = noisy_set(rng)
     n = len(labels)
     suspects = np.flatnonzero(label_issue_mask(labels, probs))
-    mask = label_issue_mask(labels, probs, max_share=bound)
+    mask = label_issue_mask(labels, probs, dirty_bound=bound)
     k = int(mask.sum())
     # brute force: the fewest drops that leave at most `bound` of the kept rows suspect
     need = next(j for j in range(len(suspects) + 1) if (len(suspects) - j) <= bound * (n - j) + 1e-12)
@@ -80,8 +80,8 @@ def test_bad_inputs(rng):
         label_issue_mask(np.array([0, 1, 3, 0, 1]), p)
     with pytest.raises(CleaningError, match="one row per label"):
         label_issue_mask(np.array([0, 1]), p)
-    with pytest.raises(CleaningError, match="max_share"):
-        label_issue_mask(np.array([0, 1, 2, 0, 1]), p, max_share=1.5)
+    with pytest.raises(CleaningError, match="dirty_bound"):
+        label_issue_mask(np.array([0, 1, 2, 0, 1]), p, dirty_bound=1.5)
     with pytest.raises(CleaningError, match="unknown cleaning method"):
         label_issue_mask(np.array([0, 1, 2, 0, 1]), p, method="magic")
     assert not label_issue_mask(np.array([-1, -1, 0, -1, -1]), p).any()
@@ -128,7 +128,7 @@ def test_clean_ranks_worst_first_and_cli_writes_it(tmp_path, rng, capsys):
     assert out.column("text").to_pylist() == [f"t{pos[s]}" for s in out.column("id").to_pylist()]
 
     dest = tmp_path / "issues.parquet"
-    assert main(["clean", str(src), "--out", str(dest), "--max-share", "0.02"]) == 0
+    assert main(["clean", str(src), "--out", str(dest), "--dirty-bound", "0.02"]) == 0
     written = pq.read_table(dest)
     k = written.num_rows
     assert f"wrote {k} suspected mislabels" in capsys.readouterr().out

@@ -359,8 +359,8 @@ def test_score_command_on_ray_equals_local(engine, tmp_path):
     train(run_config_from_dict({"out": str(tmp_path / "run"), "data": {"train": str(data / "b.parquet")},
                                 "model": model, "train": dict(batch_size=8, epochs=1, eval_fraction=0.25,
                                                               num_threads=1, audio_cache=str(tmp_path / "cache"))}))
-    want = score(tmp_path / "run", data, tmp_path / "local.parquet", batch_size=8, progress=False)
-    got = score(tmp_path / "run", data, tmp_path / "ray.parquet", batch_size=8, progress=False, engine=engine)
+    want = score(tmp_path / "run", data, tmp_path / "local.parquet", batch_size=8, show_progress=False)
+    got = score(tmp_path / "run", data, tmp_path / "ray.parquet", batch_size=8, show_progress=False, engine=engine)
     assert (got.n_scored, got.n_failed) == (want.n_scored, want.n_failed) == (39, 1)
     a, b = read_table(tmp_path / "ray.parquet"), read_table(tmp_path / "local.parquet")
     assert a.schema == b.schema and a.column("id").equals(b.column("id"))

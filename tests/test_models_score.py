@@ -32,12 +32,12 @@ def run(tmp_path_factory):
                       frame_size=[8, 8], patch_size=4, fusion="vlmae", whisper_config=tiny_whisper_config(),
                       att_dim=16, att_heads=2, mlp_hidden=16, max_text_length=12, audio_pool_stride=2),
         "train": dict(lr=3e-3, batch_size=16, epochs=1, eval_fraction=0.0, num_threads=1)})
-    train(cfg, progress=False)
+    train(cfg, show_progress=False)
     return root
 
 
 def score_(run, data, out, **kw):
-    return score(run / "run", data, out, progress=False, num_threads=1, **kw)
+    return score(run / "run", data, out, show_progress=False, num_threads=1, **kw)
 
 
 def test_scored_table_follows_the_contract(run, tmp_path):
@@ -79,7 +79,7 @@ def test_save_then_load_gives_identical_scores(run, tmp_path):
     # and the scored table written from the copy equals the one from the original run
     a = pq.read_table(score_(run, run / "data" / "items.parquet", tmp_path / "a.parquet").out)
     b = pq.read_table(score(tmp_path / "copy", run / "data" / "items.parquet", tmp_path / "b.parquet",
-                            progress=False, num_threads=1, audio_cache=tmp_path / "cache").out)
+                            show_progress=False, num_threads=1, audio_cache=tmp_path / "cache").out)
     assert a.equals(b)
 
 
@@ -95,20 +95,20 @@ def test_external_frozen_whisper_is_referenced_and_checked(tmp_path):
         "model": dict(tokenizer=str(tmp_path / "tok"), width=32, layers=1, heads=2, vl_layers=0, fusion="avgpool",
                       whisper_path=str(tmp_path / "whisper"), mlp_hidden=16),
         "train": dict(epochs=1, eval_fraction=0.0, num_threads=1)})
-    train(cfg, progress=False)
+    train(cfg, show_progress=False)
     from safetensors.torch import load_file
 
     assert not any(k.startswith("audio.") for k in load_file(str(tmp_path / "run/model/model.safetensors")))
     first = pq.read_table(score(tmp_path / "run", tmp_path / "data/items.parquet", tmp_path / "s.parquet",
-                                progress=False, num_threads=1).out)
+                                show_progress=False, num_threads=1).out)
     (tmp_path / "whisper").rename(tmp_path / "moved")
     moved = pq.read_table(score(tmp_path / "run", tmp_path / "data/items.parquet", tmp_path / "t.parquet",
-                                progress=False, num_threads=1, whisper_path=str(tmp_path / "moved")).out)
+                                show_progress=False, num_threads=1, whisper_path=str(tmp_path / "moved")).out)
     assert first.equals(moved)
     torch.manual_seed(1)
     WhisperModel(WhisperConfig(**tiny_whisper_config())).save_pretrained(tmp_path / "other")
     with pytest.raises(Exception, match="differ"):
-        score(tmp_path / "run", tmp_path / "data/items.parquet", tmp_path / "u.parquet", progress=False,
+        score(tmp_path / "run", tmp_path / "data/items.parquet", tmp_path / "u.parquet", show_progress=False,
               whisper_path=str(tmp_path / "other"))
 
 
@@ -168,7 +168,7 @@ def test_cli_score_reports_failures(run, tmp_path, capsys):
             write_wav(tmp_path / r["audio_path"], sf.read(str(run / "data" / r["audio_path"]))[0])
     code = main(["score", "--model", str(run / "run"), "--data", str(tmp_path / "items.parquet"),
                  "--out", str(tmp_path / "s.parquet"), "--id-col", "item", "--probs-col", "p", "--quiet",
-                 "--threads", "1"])
+                 "--num-threads", "1"])
     assert code == 0
     assert "1 item(s) could not be scored" in capsys.readouterr().err
     scored = pq.read_table(tmp_path / "s.parquet")
@@ -186,10 +186,10 @@ def test_hf_text_backbone_runs_end_to_end(tmp_path):
         "model": dict(backbone="hf-text", hf_path=str(tmp_path / "bert"), num_frames=2, frame_channels=1,
                       frame_size=[8, 8], patch_size=None, mlp_hidden=16),
         "train": dict(epochs=1, eval_fraction=0.0, num_threads=1)})
-    train(cfg, progress=False)
+    train(cfg, show_progress=False)
     assert load_model(tmp_path / "run").columns == ItemColumns(text_fields=["title"])
     result = score(tmp_path / "run", tmp_path / "data" / "items.parquet", tmp_path / "s.parquet",
-                   progress=False, num_threads=1)
+                   show_progress=False, num_threads=1)
     assert result.n_scored == 16
     assert len(pq.read_table(result.out).column("embedding")[0]) == 32
 

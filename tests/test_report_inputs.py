@@ -187,7 +187,7 @@ def test_report_of_a_real_simulation(tmp_path):
     data = SimData("toy", np.arange(n), y, x, rng.random(n) < 0.25, c, tuple(CLASSES), "multiclass", texts,
                    {"kind": "pair", "fields": ["query", "title"]})
     out = tmp_path / "sim"
-    simulate(data, out=out, budget=60, initial=120, rounds=2, repeats=1, k=3, print_results=False, progress=False,
+    simulate(data, out=out, budget=60, initial=120, rounds=2, repeats=1, k=3, print_results=False, show_progress=False,
              groups=["Random", "Stat-AL", "Stat-AL+LSB-LT"])
     html = report(out).read_text()
     for sid in ("table1", "table2", "curves", "trends", "lookalike", "explorer", "confusion"):

@@ -137,7 +137,7 @@ def test_dirty_bound_relabels_worst_suspects_and_skips_other_labelled(pool):
     labels[flip] = (labels[flip] + 1) % 4
     labeled = make_scored_table(ids[lab_rows], probs[lab_rows], labels=labels)
     out = select(table, "hw", 300, labeled=labeled, dirty_bound=0.02, easy_share=0)
-    mask = label_issue_mask(labels, probs[lab_rows], max_share=0.02)
+    mask = label_issue_mask(labels, probs[lab_rows], dirty_bound=0.02)
     q = label_quality(labels, probs[lab_rows])
     flagged = ids[lab_rows][mask]
     expected = flagged[np.argsort(q[mask], kind="stable")]

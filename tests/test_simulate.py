@@ -18,7 +18,7 @@ from broaden.simulate.stats import paired_test, summarize
 
 CLF = {"hidden": (16,), "max_epochs": 15, "patience": 3}
 SETTINGS = dict(budget=40, initial=120, rounds=2, repeats=2, k=4, lsb_share=0.25, classifier=CLF,
-                variants="frozen,nominal,lt-ranked", print_results=False, progress=False)
+                variants="frozen,nominal,lt-ranked", print_results=False, show_progress=False)
 
 
 def tiny_data(seed=0, n=900, C=3, d=8, task="ordinal") -> SimData:
@@ -272,7 +272,7 @@ def test_real_pair_dataset_features(data_dir, tmp_path):
     """CrowdFlower through MiniLM: query and title embedded separately, joined by cross features."""
     from broaden.simulate import load_sim_data
 
-    data = load_sim_data("crowdflower", data_dir=data_dir, cache_dir=tmp_path, max_items=200, progress=False)
+    data = load_sim_data("crowdflower", data_dir=data_dir, cache_dir=tmp_path, max_items=200, show_progress=False)
     assert data.features.shape == (len(data.ids), 4 * 384 + 1) and data.task == "ordinal"
     assert data.is_test.any() and " | " in data.texts[0]
 
@@ -302,7 +302,7 @@ def test_real_demo_on_clickbait(data_dir, tmp_path):
     """The demo path on the real headlines (smaller than `broaden demo` so the suite stays quick)."""
     from broaden.simulate import demo
 
-    res = demo(tmp_path / "d", data_dir=data_dir, cache_dir=tmp_path / "cache", progress=False, report=False,
+    res = demo(tmp_path / "d", data_dir=data_dir, cache_dir=tmp_path / "cache", show_progress=False, report=False,
                max_items=2000, initial=200, budget=200)
     assert res["config"]["dataset"] == "clickbait" and res["table2"]["Stat-AL"]["auc"]["mean"] > 0.8
     assert res["table1"]["Stat-AL"]["multiclass_loss"]["mean"] > res["table1"]["Random"]["multiclass_loss"]["mean"]

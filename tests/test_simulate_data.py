@@ -23,7 +23,7 @@ class FakeEncoder:
     name = "fake"
     tags: list[str] = []
 
-    def __init__(self, path=None, *, cache_dir=None, progress=True):
+    def __init__(self, path=None, *, cache_dir=None, show_progress=True):
         pass
 
     def encode(self, texts, tag):
@@ -47,7 +47,7 @@ def test_csv_with_texts_round_trips(tmp_path):
     rows, y = own_rows()
     path = tmp_path / "mine.csv"
     pacsv.write_csv(pa.table({k: v for k, v in rows.items() if k != "embedding"}), path)
-    data = load_own_data(path, text_encoder_factory=FakeEncoder, progress=False)
+    data = load_own_data(path, text_encoder_factory=FakeEncoder, show_progress=False)
     assert data.name == "mine" and list(data.ids) == rows["id"]
     assert data.class_names == ("bird", "cat", "dog") and np.array_equal(data.labels, y)  # names → sorted indices
     assert np.array_equal(data.is_test, np.array(rows["split"]) == "test")  # the split column is honoured
@@ -93,7 +93,7 @@ def test_registered_dataset_goes_through_the_same_path(data_dir):
     from broaden.datasets import load_dataset
 
     FakeEncoder.tags = []
-    data = load_sim_data("clickbait", data_dir=data_dir, max_items=600, progress=False,
+    data = load_sim_data("clickbait", data_dir=data_dir, max_items=600, show_progress=False,
                          text_encoder_factory=FakeEncoder)
     table = load_dataset("clickbait", data_dir)
     rows = stratified_subsample(table.column("label").to_numpy(), 600, 0)
@@ -191,7 +191,7 @@ def test_simulate_takes_the_same_data_in_memory(tmp_path):
     path = tmp_path / "own.parquet"
     rows, _ = write_embedding_parquet(path)
     settings = dict(budget=30, initial=80, repeats=1, k=4, classifier=CLF, groups=["Stat-AL", "Stat-AL+LSB-LT"],
-                    print_results=False, progress=False)
+                    print_results=False, show_progress=False)
     from_file = simulate(path, out=tmp_path / "file", **settings)
     pd = pytest.importorskip("pandas")
     for name, data in (("pandas", pd.DataFrame(rows)), ("arrow", pa.table(rows)), ("dict", dict(rows))):

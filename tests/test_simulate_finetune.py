@@ -34,7 +34,7 @@ def test_finetuned_features(tiny_encoder):
 def test_simulate_finetuned_latent(tiny_encoder, tmp_path):
     results = simulate(text_data(), out=tmp_path / "sim", budget=20, initial=60, rounds=1, repeats=1, k=4,
                        latent="finetuned", classifier={"hidden": (16,), "max_epochs": 5}, print_results=False,
-                       progress=False)
+                       show_progress=False)
     assert "Stat-AL+LSB-LT" in results["groups"] and results["repeats_done"] == [0]
 
 

@@ -80,7 +80,7 @@ def test_frozen_learns_and_embedding_matches_sentence_encoder(files, tmp_path):
     probs = np.array(table.column("probs").to_pylist())
     truth = np.array(["cat" in t.split() for t in texts])
     assert (probs.argmax(1) == truth).mean() > 0.9
-    ref = SentenceEncoder(files / "enc").encode(texts, progress=False)
+    ref = SentenceEncoder(files / "enc").encode(texts, show_progress=False)
     assert np.allclose(np.array(table.column("embedding").to_pylist()), ref, atol=1e-5)
 
 

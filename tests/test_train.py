@@ -88,7 +88,7 @@ def test_balanced_class_weights_match_sklearn():
 
 # --------------------------------------------------------------------------------------------- loop
 def test_training_writes_model_history_and_checkpoint(assets, tmp_path):
-    result = train(run_config_from_dict(run_dict(assets, tmp_path / "run")), progress=False)
+    result = train(run_config_from_dict(run_dict(assets, tmp_path / "run")), show_progress=False)
     assert result.stop_reason == "max_epochs" and result.epochs_run == 2 and len(result.history) == 2
     for name in ("model/config.json", "model/model.safetensors", "checkpoint/state.json",
                  "checkpoint/optimizer.safetensors", "history.json", "run_config.json"):
@@ -103,7 +103,7 @@ def test_training_writes_model_history_and_checkpoint(assets, tmp_path):
 def test_early_stopping_when_the_metric_stops_improving(assets, tmp_path):
     cfg = run_config_from_dict(run_dict(assets, tmp_path / "run",
                                         train=dict(epochs=5, patience=1, min_delta=10.0)))
-    result = train(cfg, progress=False)
+    result = train(cfg, show_progress=False)
     # Epoch 1 always counts; no later epoch can improve the loss by 10, so epoch 2 triggers the stop.
     assert result.stop_reason == "early_stop" and result.epochs_run == 2 and result.best_epoch == 1
     assert [h["improved"] for h in result.history] == [True, False]
@@ -117,7 +117,7 @@ def test_frozen_encoder_weights_do_not_change(assets, tmp_path, backbone, frozen
     cfg = run_config_from_dict(run_dict(assets, tmp_path / "run",
                                         model=dict(backbone=backbone, dropout=0.1) | model_kw,
                                         train=dict(epochs=1)))
-    trainer = _Trainer(cfg, progress=False)
+    trainer = _Trainer(cfg, show_progress=False)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.run(resume=False, max_steps=None)
     after = trainer.model.state_dict()
@@ -129,13 +129,13 @@ def test_frozen_encoder_weights_do_not_change(assets, tmp_path, backbone, frozen
 
 def test_interrupted_run_resumes_to_the_same_weights(assets, tmp_path):
     sections = dict(model=dict(dropout=0.2), train=dict(epochs=2, batch_size=8))
-    full = train(run_config_from_dict(run_dict(assets, tmp_path / "full", **sections)), progress=False)
-    part = train(run_config_from_dict(run_dict(assets, tmp_path / "part", **sections)), progress=False,
+    full = train(run_config_from_dict(run_dict(assets, tmp_path / "full", **sections)), show_progress=False)
+    part = train(run_config_from_dict(run_dict(assets, tmp_path / "part", **sections)), show_progress=False,
                  max_steps=3)  # stops mid-epoch 1 (5 batches per epoch)
     assert part.stop_reason == "max_steps"
     state = json.loads((tmp_path / "part" / "checkpoint" / "state.json").read_text())["state"]
     assert (state["epoch"], state["step"]) == (0, 3)
-    resumed = train(run_config_from_dict(run_dict(assets, tmp_path / "part", **sections)), progress=False)
+    resumed = train(run_config_from_dict(run_dict(assets, tmp_path / "part", **sections)), show_progress=False)
     assert resumed.epochs_run == 2 and resumed.history == full.history
     for folder in ("model", "checkpoint/model"):
         a, b = weights(tmp_path / "full" / folder), weights(tmp_path / "part" / folder)
@@ -143,11 +143,11 @@ def test_interrupted_run_resumes_to_the_same_weights(assets, tmp_path):
 
 
 def test_resume_refuses_a_different_config(assets, tmp_path):
-    train(run_config_from_dict(run_dict(assets, tmp_path / "run", train=dict(epochs=1))), progress=False)
+    train(run_config_from_dict(run_dict(assets, tmp_path / "run", train=dict(epochs=1))), show_progress=False)
     changed = run_config_from_dict(run_dict(assets, tmp_path / "run", train=dict(epochs=1, lr=1e-2)))
     with pytest.raises(ConfigError, match="different config"):
-        train(changed, progress=False)
-    assert train(changed, progress=False, resume=False).epochs_run == 1
+        train(changed, show_progress=False)
+    assert train(changed, show_progress=False, resume=False).epochs_run == 1
 
 
 def test_bad_training_items_fail_loudly_or_are_skipped_and_listed(assets, tmp_path):
@@ -159,9 +159,9 @@ def test_bad_training_items_fail_loudly_or_are_skipped_and_listed(assets, tmp_pa
     raw = run_dict(assets, tmp_path / "run", train=dict(epochs=1, eval_fraction=0.0))
     raw["data"]["train"] = str(assets / "data" / "bad.parquet")
     with pytest.raises(ItemError, match="item3.*not found"):
-        train(run_config_from_dict(raw), progress=False)
+        train(run_config_from_dict(raw), show_progress=False)
     raw["train"]["skip_bad_items"] = True
-    result = train(run_config_from_dict(raw), progress=False)
+    result = train(run_config_from_dict(raw), show_progress=False)
     assert result.skipped_items == 1
     errors = pq.read_table(tmp_path / "run" / "errors_train.parquet").to_pylist()
     assert errors[0]["id"] == "item3" and "missing.wav" in errors[0]["error"]
@@ -191,9 +191,9 @@ def test_fusion_heads_use_the_audio(assets, tmp_path):
         raw = run_dict(assets, tmp_path / fusion, model=dict(fusion=fusion, dropout=0.0),
                        train=dict(epochs=4, patience=4, lr=3e-3, eval_fraction=0.0))
         raw["data"]["train"] = str(tmp_path / "train" / "items.parquet")
-        train(run_config_from_dict(raw), progress=False)
+        train(run_config_from_dict(raw), show_progress=False)
         out = score(tmp_path / fusion, tmp_path / "test" / "items.parquet", tmp_path / f"{fusion}.parquet",
-                    progress=False, audio_cache=assets / "cache", num_threads=1)
+                    show_progress=False, audio_cache=assets / "cache", num_threads=1)
         scored = pq.read_table(out.out)
         pred = np.argmax(np.stack(scored.column("probs").to_numpy(zero_copy_only=False)), axis=1)
         accuracy[fusion] = float((pred == scored.column("label").to_numpy()).mean())
@@ -233,7 +233,7 @@ def test_eval_metric_that_can_never_rank_an_epoch_fails_before_training(assets, 
     raw = run_dict(assets, tmp_path / "run", model=dict(fusion="none"), train=train_kw)
     raw["data"]["eval"] = str(assets / "data" / "eval_one_class.parquet")
     with pytest.raises(ConfigError, match=fragment):
-        train(run_config_from_dict(raw), progress=False)
+        train(run_config_from_dict(raw), show_progress=False)
 
 
 def test_no_usable_training_item_is_a_clear_error(assets, tmp_path):
@@ -244,7 +244,7 @@ def test_no_usable_training_item_is_a_clear_error(assets, tmp_path):
     raw = run_dict(assets, tmp_path / "run", model=dict(fusion="avgpool"), train=dict(skip_bad_items=True))
     raw["data"]["train"] = str(assets / "data" / "all_missing.parquet")
     with pytest.raises(ItemError, match="none of the"):
-        train(run_config_from_dict(raw), progress=False)
+        train(run_config_from_dict(raw), show_progress=False)
 
 
 def test_negative_label_is_an_error_not_an_unlabelled_item(assets, tmp_path):
@@ -257,4 +257,4 @@ def test_negative_label_is_an_error_not_an_unlabelled_item(assets, tmp_path):
     raw = run_dict(assets, tmp_path / "run", model=dict(fusion="none"))
     raw["data"]["train"] = str(assets / "data" / "negative.parquet")
     with pytest.raises(ScoredTableError, match="row 5: label -2"):
-        train(run_config_from_dict(raw), progress=False)
+        train(run_config_from_dict(raw), show_progress=False)

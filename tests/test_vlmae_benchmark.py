@@ -122,7 +122,7 @@ def test_pretrained_checkpoint_carries_what_it_learned(tmp_path, rng):
     cfg = PretrainConfig(d_model=32, layers=1, heads=2, ffn_dim=64, window_seconds=1, epochs=20, batch_size=16,
                          lr=3e-3, speed_range=(1.0, 1.0), snr_db_range=None, num_threads=1)
     result = pretrain_audio_encoder(tmp_path / "wav" / "recordings.parquet", tmp_path / "enc", config=cfg,
-                                    progress=False)
+                                    show_progress=False)
     assert result.n_train == 90 and result.n_val == 30
     assert result.val_accuracy >= 0.6  # chance is 0.1
     info = pretraining_info(tmp_path / "enc")
@@ -140,7 +140,7 @@ def test_pretrained_checkpoint_carries_what_it_learned(tmp_path, rng):
 def test_pretraining_rejects_a_table_without_speakers(tmp_path):
     table = pa.table({"id": ["a"], "label": [1], "split": ["train"], "audio_path": ["a.wav"]})
     with pytest.raises(DatasetError, match="speaker"):
-        pretrain_audio_encoder(table, tmp_path / "enc", progress=False)
+        pretrain_audio_encoder(table, tmp_path / "enc", show_progress=False)
     assert not (tmp_path / "enc").exists()
 
 

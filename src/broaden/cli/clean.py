@@ -18,8 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("labeled", help="labelled scored table (Parquet file or directory); probs must be out-of-sample")
     p.add_argument("--out", required=True, help="output Parquet file of flagged rows (written atomically)")
-    p.add_argument("--max-share", type=float, help="flag only the worst suspects needed so that at most this "
-                   "share of the labelled rows stays suspect (default: flag all)")
+    p.add_argument("--dirty-bound", "--max-share", dest="dirty_bound", type=float,
+                   help="flag only the worst suspects needed so that at most this share of the labelled rows stays "
+                   "suspect (default: flag all; --max-share is the old name)")
     p.add_argument("--method", default="prune_by_noise_rate", choices=METHODS, help="cleanlab filter_by")
     p.add_argument("--score", default="self_confidence", choices=QUALITY_SCORES, help="label quality score for ranking")
     p.add_argument("--logits", action="store_true", help="the probability column holds raw scores (softmaxed)")
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from broaden.select.cleaning import clean
 
-    table = clean(args.labeled, out=args.out, columns=columns_from_args(args), max_share=args.max_share,
+    table = clean(args.labeled, out=args.out, columns=columns_from_args(args), dirty_bound=args.dirty_bound,
                   method=args.method, score=args.score, logits=args.logits)
     print(f"wrote {table.num_rows} suspected mislabels to {args.out}")
     return 0

@@ -23,6 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from broaden.simulate import demo
 
-    demo(args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, progress=not args.quiet,
+    demo(args.out, data_dir=args.data_dir, cache_dir=args.cache_dir, show_progress=not args.quiet,
          report=not args.no_report)
     return 0

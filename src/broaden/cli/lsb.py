@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="index parameter, e.g. nlist=4096, codec=SQ8, M=32 (repeatable)")
     g.add_argument("--exclude", help="ids to skip: text file (one per line) or Parquet/CSV with an id column")
     g = p.add_argument_group("lookalike threshold")
-    g.add_argument("--lookalike-threshold", type=float, help="T2: keep candidates with P(z=1|h) > T2 (off if unset)")
+    g.add_argument("--lookalike-threshold", type=float,
+                   help="T2: keep candidates with P(z=1|h) > T2 (off if unset, as the lsb strategy of broaden select; "
+                   "its lsb-lt strategy and broaden simulate use 0.5)")
     g.add_argument("--lookalike-model", help="use this saved Lookalike model (JSON) instead of fitting one")
     g.add_argument("--lookalike-out", help="save the fitted Lookalike model here (JSON)")
     g = p.add_argument_group("outputs")

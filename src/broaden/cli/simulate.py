@@ -50,10 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     noise.add_argument("--confusion", default=None, metavar="JSON",
                        help="oracle confusion matrix, rows = true class: P(answer | true class)")
     g = p.add_argument_group("LSB")
-    g.add_argument("--seeds", type=_optional_int, default=None, metavar="N|all", help="cap on seed count (all)")
+    g.add_argument("--max-seeds", "--seeds", dest="max_seeds", type=_optional_int, default=1000, metavar="N|all",
+                   help="at most this many seeds, or all (%(default)s, as broaden lsb and select; --seeds is the "
+                   "old name)")
     g.add_argument("--seed-threshold", type=float, default=0.5, help="τ1 on d(x) (%(default)s)")
     g.add_argument("--k", type=int, default=10, help="neighbours per seed (%(default)s)")
-    g.add_argument("--lookalike-threshold", type=float, default=0.5, help="τ2 on the LT score (%(default)s)")
+    g.add_argument("--lookalike-threshold", type=float, default=0.5,
+                   help="τ2 of the LSB-LT groups (%(default)s, as the lsb-lt strategy of broaden select)")
     g.add_argument("--latent", choices=("tuned", "frozen", "finetuned"), default="tuned",
                    help="kNN/LT latent: the classifier's hidden layer (tuned), the encoder output (frozen), or "
                    "the [CLS] state of the encoder fine-tuned per repeat on its initial labelled set (finetuned; "
@@ -120,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
         Path(args.data) if args.data else args.dataset,
         out=args.out, budget=args.budget, initial=args.initial, lsb_share=args.lsb_share,
         rounds=args.rounds, repeats=args.repeats, seed=args.seed, label_noise=args.label_noise,
-        confusion=args.confusion, seeds=args.seeds, seed_threshold=args.seed_threshold, k=args.k,
+        confusion=args.confusion, max_seeds=args.max_seeds, seed_threshold=args.seed_threshold, k=args.k,
         lookalike_threshold=args.lookalike_threshold, latent=args.latent, denoise=args.denoise_seeds,
         variants=args.variants, groups=[g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None,
         pool_size=args.pool_size, max_items=args.max_items, encoder=args.encoder, data_dir=args.data_dir,
         data_options=_data_options(args), class_groups=_class_groups(args.class_groups) if args.class_groups else None,
-        cache_dir=args.cache_dir, index=args.index, progress=not args.quiet, scenario=args.scenario,
+        cache_dir=args.cache_dir, index=args.index, show_progress=not args.quiet, scenario=args.scenario,
         subpop=args.subpop, relabel_to=args.relabel_to, recent=args.recent, recent_subpop=args.recent_subpop,
         lsb_fill=args.lsb_fill, validation=args.validation,
         classifier={"hidden": (args.hidden,),

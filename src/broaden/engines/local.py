@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from broaden.io.pool import Pool
-from broaden.io.table import BATCH_SIZE, iter_batches
+from broaden.io.table import BATCH_SIZE
 from broaden.topk import TopK, merge_top
 
 
@@ -57,12 +57,7 @@ class LocalEngine:
                     description: str = "mapping batches") -> Iterator[pa.Table]:
         """``make_fn(device)(table)`` for each batch of ``source`` (Parquet path or table), in row order."""
         fn = make_fn(device or "cpu")
-        if isinstance(source, pa.Table):
-            table = source.select(list(columns)) if columns is not None else source
-            batches = table.to_batches(max_chunksize=batch_size)
-        else:
-            batches = iter_batches(source, columns=columns, batch_size=batch_size)
-        for batch in batches:
+        for batch in Pool.of(source).stream(columns, batch_size):
             yield fn(pa.Table.from_batches([batch]))
 
     def close(self) -> None:

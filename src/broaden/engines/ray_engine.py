@@ -30,7 +30,7 @@ from broaden.engines.local import LocalEngine
 from broaden.engines.shards import Shard, Unit, plan_shards, pool_units
 from broaden.errors import BroadenError, SelectionError
 from broaden.io.pool import Pool
-from broaden.io.table import BATCH_SIZE, Columns, Validator, count_rows, parquet_files
+from broaden.io.table import BATCH_SIZE, Columns, Validator, parquet_files
 from broaden.progress import track
 
 TASK_RETRIES = 3
@@ -186,18 +186,18 @@ class RayEngine(LocalEngine):
         use_gpu = (device is None and self.gpus > 0) or (device or "").startswith("cuda")
         size = self.actors or (max(1, int(self.gpus)) if use_gpu else max(1, int(self.cpus)))
         actor_cpus = round(min(1.0, MAP_ACTOR_SHARE * self.cpus / size), 3)
+        pool = Pool.of(source)
         with _data_context(preserve_order=True, enable_progress_bars=False):
-            if isinstance(source, pa.Table):
-                ds = ray.data.from_arrow(source.select(list(columns)) if columns is not None else source)
-                total = source.num_rows
+            if pool.is_table:
+                ds = ray.data.from_arrow(pool.data.select(list(columns)) if columns is not None else pool.data)
             else:
-                parquet_files(source)  # the local engine's error for a missing or empty pool
+                parquet_files(pool.data)  # the local engine's error for a missing or empty pool
                 # One path, not a file list: Ray 2.60 resolves a list in threads that race on importing
                 # fsspec's HTTP filesystem when aiohttp is absent, failing at random.
-                ds = ray.data.read_parquet(str(source), partitioning=None, num_cpus=READ_TASK_CPUS)
+                ds = ray.data.read_parquet(str(pool.data), partitioning=None, num_cpus=READ_TASK_CPUS)
                 if columns is not None:
                     ds = ds.select_columns(list(columns))
-                total = count_rows(source)
+            total = pool.num_rows
             ds = ds.map_batches(_BatchActor, fn_constructor_args=(make_fn, device), batch_size=batch_size,
                                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
                                 num_cpus=actor_cpus, num_gpus=1 if use_gpu else None)

@@ -9,13 +9,16 @@ unit per shard (docs/scaling.md: lay a large pool out as many files or sub-folde
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from broaden.io import count_rows, parquet_files
+from broaden.io import Pool, count_rows, parquet_files, source_name
+
+if TYPE_CHECKING:
+    from broaden._typing import PoolLike
 
 TABLE_SLICE_ROWS = 262_144
 
@@ -30,7 +33,7 @@ class Unit:
 
     @property
     def name(self) -> str:
-        return "pool table" if isinstance(self.data, pa.Table) else str(self.data)
+        return source_name(self.data, "pool table")
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,14 @@ class Shard:
         return self.units[0].offset
 
 
-def pool_units(pool: str | os.PathLike | pa.Table) -> list[Unit]:
+def pool_units(pool: PoolLike | Pool) -> list[Unit]:
     """The pool's units in row order, with their first global row position (row counts from footers)."""
-    if isinstance(pool, pa.Table):
-        return [Unit(pool.slice(s, TABLE_SLICE_ROWS), s, min(TABLE_SLICE_ROWS, pool.num_rows - s))
-                for s in range(0, pool.num_rows, TABLE_SLICE_ROWS)] or [Unit(pool, 0, 0)]
-    root = Path(pool)
+    pool = Pool.of(pool)  # a path stays a path; anything in memory is one Arrow table (broaden.io)
+    if pool.is_table:
+        table = pool.data
+        return [Unit(table.slice(s, TABLE_SLICE_ROWS), s, min(TABLE_SLICE_ROWS, table.num_rows - s))
+                for s in range(0, table.num_rows, TABLE_SLICE_ROWS)] or [Unit(table, 0, 0)]
+    root = pool.data
     files = parquet_files(root)
     if not root.is_dir():
         return [Unit(root, 0, count_rows(root))]

@@ -4,7 +4,7 @@
 - :mod:`broaden.io.inputs` — the one conversion of what users hold (paths, Arrow, pandas, polars, HF
   datasets, dicts of arrays) to a scored table (:func:`as_scored`) and the one loader (:func:`load_scored`).
 - :mod:`broaden.io.ids` — the one id-set conversion (:func:`as_ids`) and :class:`IdSet`.
-- :mod:`broaden.io.pool` — the one :class:`Pool`: rows, schema, batches, blocks, sample, fingerprint,
+- :mod:`broaden.io.pool` — the one :class:`Pool`: rows, schema, batches, stream, blocks, sample, fingerprint,
   fetch_rows.
 
 Imports nothing of ours but :mod:`broaden.errors`, :mod:`broaden._typing` and :mod:`broaden.progress`.

@@ -28,7 +28,8 @@ from broaden.progress import track
 
 @dataclass
 class Pool:
-    """One pool with its column names: rows, schema, batches, blocks, sample, fingerprint, fetch_rows."""
+    """One pool with its column names: rows, schema, batches, stream, blocks, sample,
+    fingerprint, fetch_rows."""
 
     data: pa.Table | Path
     columns: Columns = DEFAULT_COLUMNS
@@ -105,6 +106,11 @@ class Pool:
         missing = [c for c in names if c not in have]
         if missing:
             raise error(f"{self.name}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(have)}")
+
+    def stream(self, columns: Sequence[str] | None = None, batch_size: int = BATCH_SIZE) -> Iterator[pa.RecordBatch]:
+        """The pool's ``columns`` (every column for None) one record batch at a time, in row order, as read
+        (not validated): what :meth:`broaden.engines.Engine.map_batches` feeds its function."""
+        return (batch for batch, _, _ in self._sourced(columns, batch_size))
 
     def _sourced(self, read_cols: Sequence[str] | None, batch_size: int
                  ) -> Iterator[tuple[pa.RecordBatch, str, int]]:

@@ -35,9 +35,9 @@ class LabeledView:
     def embeddings(self, columns: Columns) -> np.ndarray:
         return list_matrix(self.table.column(columns.embedding))
 
-    def lookalike_targets(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def lookalike_targets(self, seed_threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """(row indices, z): z = 1 for bad cases (d > τ1), 0 for consistent items (ŷ = y); others dropped."""
-        bad = self.d > threshold
+        bad = self.d > seed_threshold
         rows = np.flatnonzero(bad | (self.pred == self.labels))
         return rows, bad[rows].astype(np.int64)
 

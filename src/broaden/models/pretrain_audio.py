@@ -29,8 +29,10 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from broaden._lazy import renamed
+from broaden._typing import TableLike
 from broaden.errors import DatasetError
-from broaden.io import atomic_dir, labels_array, read_table
+from broaden.io import Pool, as_scored, atomic_dir, labels_array, load_scored, source_name
 from broaden.models.audio import CONV_STRIDE, HOP_LENGTH, SAMPLE_RATE, WhisperAudio, load_audio
 from broaden.models.fusion import masked_mean
 from broaden.progress import track
@@ -103,15 +105,16 @@ class _DigitProbe(nn.Module):
         return self.head(masked_mean(states, mask))
 
 
-def _read_recordings(recordings: pa.Table | str | os.PathLike) -> tuple[pa.Table, Path]:
-    if isinstance(recordings, pa.Table):
-        table, base = recordings, Path(".")
-    else:
-        table = read_table(recordings)
-        base = Path(recordings) if Path(recordings).is_dir() else Path(recordings).parent
+def _read_recordings(recordings: TableLike) -> tuple[pa.Table, Path]:
+    """The recordings table through the one loader (:mod:`broaden.io`: a path is read, an in-memory table
+    converted, ids and labels checked alike), and the folder relative audio paths start from."""
+    pool = Pool.of(as_scored(recordings, what="recordings"))
+    name = source_name(pool.data, "recordings")
+    table = load_scored(pool.data, require=(), what=name)
+    base = Path(".") if pool.is_table else pool.data if pool.data.is_dir() else pool.data.parent
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
-        raise DatasetError(f"{recordings if not isinstance(recordings, pa.Table) else 'recordings'}: "
+        raise DatasetError(f"{name}: "
                            f"lacks column(s) {', '.join(missing)}; expected {', '.join(REQUIRED)} "
                            "(av-digits' pretrain.parquet)")
     labels = labels_array(table.column("label"))
@@ -160,14 +163,15 @@ def _accuracy(probe: _DigitProbe, waves: list[np.ndarray], labels: np.ndarray, b
     return right / max(len(waves), 1)
 
 
-def pretrain_audio_encoder(recordings: pa.Table | str | os.PathLike, out: str | os.PathLike, *,
-                           config: PretrainConfig | None = None, progress: bool = True) -> PretrainResult:
+@renamed(progress="show_progress")
+def pretrain_audio_encoder(recordings: TableLike, out: str | os.PathLike, *,
+                           config: PretrainConfig | None = None, show_progress: bool = True) -> PretrainResult:
     """Train a small Whisper encoder on ``recordings`` (rows ``split == "train"``; ``"test"`` rows are the
     validation set) and save it to ``out`` as a local HF checkpoint. Returns accuracies and history.
 
-    ``recordings`` is a table or Parquet path with columns ``id, label (digit 0-9), split, audio_path,
-    speaker``; relative audio paths are taken from the file's folder (from the working directory
-    for a table).
+    ``recordings`` is a Parquet path or an in-memory table (anything :func:`broaden.io.as_scored` takes) with
+    columns ``id, label (digit 0-9), split, audio_path, speaker``; relative audio paths are taken from the
+    file's folder (from the working directory for a table).
     """
     cfg = config or PretrainConfig()
     table, base = _read_recordings(recordings)
@@ -188,7 +192,7 @@ def pretrain_audio_encoder(recordings: pa.Table | str | os.PathLike, out: str | 
         steps = cfg.epochs * -(-train_rows.size // cfg.batch_size)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=steps, pct_start=0.15)
         history = []
-        with track("pre-training audio encoder", steps, progress) as advance:
+        with track("pre-training audio encoder", steps, show_progress) as advance:
             for epoch in range(cfg.epochs):
                 probe.train()
                 order = rng.permutation(train_rows)

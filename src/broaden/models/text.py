@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from broaden._lazy import renamed
 from broaden.errors import BroadenError
 from broaden.progress import track
 
@@ -129,14 +130,15 @@ class SentenceEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    @renamed(progress="show_progress")
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = True) -> np.ndarray:
         """Embed ``texts`` → float32 array (n, dim) of unit-norm rows, in input order."""
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Longest first, as sentence-transformers does: batches of similar length waste less padding.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         with torch_threads(self.num_threads), torch.inference_mode(), \
-                track("embedding texts", len(texts), progress) as advance:
+                track("embedding texts", len(texts), show_progress) as advance:
             for start in range(0, len(texts), batch_size):
                 idx = order[start:start + batch_size]
                 enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,

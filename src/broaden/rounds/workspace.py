@@ -342,13 +342,13 @@ def embedding_version(path, table_or_none, cfg: WorkspaceConfig) -> str:
     """The embedding version of a table: its ``embedding_version`` column (one value only), else its
     Parquet metadata ``broaden.embedding_version``, else the config's ``embedding_version``."""
     col = cfg.embedding_version_col
-    schema = io.read_schema(path) if path is not None and not isinstance(path, pa.Table) else table_or_none.schema
+    source = io.Pool.of(path) if path is not None else None  # a path or a table, through the one loader
+    schema = source.schema if source is not None else table_or_none.schema
     if col in schema.names:
         if table_or_none is not None and col in table_or_none.column_names:
             values = pc.unique(table_or_none.column(col)).to_pylist()
         else:
-            values = sorted({v for b in io.iter_batches(path, columns=[col])
-                             for v in pc.unique(b.column(0)).to_pylist()}, key=str)
+            values = sorted({v for b in source.stream([col]) for v in pc.unique(b.column(0)).to_pylist()}, key=str)
         values = [v for v in values if v is not None]
         if len(values) > 1:
             raise WorkspaceError(

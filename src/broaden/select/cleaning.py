@@ -20,10 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from broaden._lazy import renamed
 from broaden._typing import ArrayLike, LabeledLike
 from broaden.errors import CleaningError
 from broaden.io import (
-    DEFAULT_COLUMNS, Columns, as_scored, check_writable, labels_array, list_matrix, load_scored, source_name, write_table,
+    DEFAULT_COLUMNS, Columns, Pool, as_scored, check_writable, labels_array, list_matrix, load_scored, source_name,
+    write_table,
 )
 
 METHODS = (
@@ -83,31 +85,32 @@ def label_quality(labels: np.ndarray, probs: np.ndarray, *, score: str = "self_c
     return quality
 
 
-def bounded_drop_count(n_suspects: int, n_labelled: int, max_share: float | None) -> int:
-    """How many of the worst suspects to flag so that at most ``max_share`` of the kept rows are suspects.
+def bounded_drop_count(n_suspects: int, n_labelled: int, dirty_bound: float | None) -> int:
+    """How many of the worst suspects to flag so that at most ``dirty_bound`` of the kept rows are suspects.
 
     Flagging k of S suspects among n rows leaves (S − k) / (n − k) suspected; the smallest k with that
     ≤ b is ceil((S − b·n) / (1 − b)). ``None`` or 0 flags every suspect.
     """
-    if max_share is None or max_share <= 0:
+    if dirty_bound is None or dirty_bound <= 0:
         return n_suspects
-    if max_share >= 1:
+    if dirty_bound >= 1:
         return 0
-    need = math.ceil((n_suspects - max_share * n_labelled) / (1.0 - max_share) - 1e-9)
+    need = math.ceil((n_suspects - dirty_bound * n_labelled) / (1.0 - dirty_bound) - 1e-9)
     return int(min(max(need, 0), n_suspects))
 
 
+@renamed(max_share="dirty_bound")
 def label_issue_mask(
     labels: np.ndarray,
     probs: np.ndarray,
     *,
-    max_share: float | None = None,
+    dirty_bound: float | None = None,
     method: str = "prune_by_noise_rate",
     score: str = "self_confidence",
 ) -> np.ndarray:
     """Boolean mask, True = likely mislabelled (drop or relabel it); False for unlabelled rows (-1).
 
-    ``probs`` must be out-of-sample. ``method`` is cleanlab's ``filter_by``. ``max_share`` bounds the
+    ``probs`` must be out-of-sample. ``method`` is cleanlab's ``filter_by``. ``dirty_bound`` bounds the
     share of suspected mislabels that remain among the labelled rows once the flagged ones are removed:
     only the worst suspects (lowest ``score`` label quality, ties by row order) needed to get under the
     bound are flagged. ``None`` flags every suspect.
@@ -116,8 +119,8 @@ def label_issue_mask(
 
     if method not in METHODS:
         raise CleaningError(f"unknown cleaning method {method!r}; choose one of {', '.join(METHODS)}")
-    if max_share is not None and not 0 <= max_share <= 1:
-        raise CleaningError(f"max_share must be within 0 … 1, got {max_share}")
+    if dirty_bound is not None and not 0 <= dirty_bound <= 1:
+        raise CleaningError(f"dirty_bound must be within 0 … 1, got {dirty_bound}")
     labels, probs = _check_inputs(labels, probs)
     mask = np.zeros(len(labels), dtype=bool)
     known = np.flatnonzero(labels >= 0)
@@ -129,7 +132,7 @@ def label_issue_mask(
         warnings.simplefilter("ignore", UserWarning)
         suspects = find_label_issues(labels[known], probs[known], filter_by=method, n_jobs=1)
     idx = known[suspects]
-    keep = bounded_drop_count(idx.size, known.size, max_share)
+    keep = bounded_drop_count(idx.size, known.size, dirty_bound)
     if keep < idx.size:
         quality = label_quality(labels[idx], probs[idx], score=score)
         idx = idx[np.argsort(quality, kind="stable")[:keep]]
@@ -137,16 +140,17 @@ def label_issue_mask(
     return mask
 
 
+@renamed(max_share="dirty_bound")
 def rank_label_issues(
     labels: np.ndarray,
     probs: np.ndarray,
     *,
-    max_share: float | None = None,
+    dirty_bound: float | None = None,
     method: str = "prune_by_noise_rate",
     score: str = "self_confidence",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the flagged rows, most likely mislabelled first, and their label quality."""
-    mask = label_issue_mask(labels, probs, max_share=max_share, method=method, score=score)
+    mask = label_issue_mask(labels, probs, dirty_bound=dirty_bound, method=method, score=score)
     idx = np.flatnonzero(mask)
     quality = label_quality(np.asarray(labels)[idx], np.asarray(probs)[idx], score=score)
     order = np.argsort(quality, kind="stable")
@@ -183,6 +187,7 @@ def check_not_eval_split(table: pa.Table, source: str | os.PathLike | None = Non
             )
 
 
+@renamed(max_share="dirty_bound")
 def clean(
     labeled: LabeledLike | None = None,
     *,
@@ -191,7 +196,7 @@ def clean(
     ids: ArrayLike | None = None,
     out: str | os.PathLike | None = None,
     columns: Columns = DEFAULT_COLUMNS,
-    max_share: float | None = None,
+    dirty_bound: float | None = None,
     method: str = "prune_by_noise_rate",
     score: str = "self_confidence",
     logits: bool = False,
@@ -204,20 +209,20 @@ def clean(
     ``label_quality``, ``predicted_label`` and every column of the input. The array-level functions are
     :func:`label_issue_mask` and :func:`rank_label_issues`.
     """
-    labeled = as_scored(labeled, labels=labels, probs=probs, ids=ids, columns=columns, what="labeled")
-    source = None if isinstance(labeled, pa.Table) else labeled
+    data = Pool.of(as_scored(labeled, labels=labels, probs=probs, ids=ids, columns=columns, what="labeled"), columns)
+    where = source_name(data.data)  # its path, or "table" for one in memory
+    source = None if data.is_table else data.data  # only a file's name can mark an evaluation split
     if out is not None:
         check_writable(out)  # before reading: a bad --out fails at once
     # A table is validated like a file (a NaN or a 4th class in memory is the same error as on disk).
-    table = load_scored(labeled, columns=columns, require=("id", "label", "probs"), logits=logits,
-                        what=source_name(labeled))
+    table = load_scored(data.data, columns=columns, require=("id", "label", "probs"), logits=logits, what=where)
     check_not_eval_split(table, source)
     labels = labels_array(table.column(columns.label))
     probs = list_matrix(table.column(columns.probs), dtype=np.float64)
     if not (labels >= 0).any():
-        raise CleaningError(f"{source or 'table'}: column {columns.label!r} has no labels (all null)")
-    _require_two_classes(labels, f"{source or 'table'}: column {columns.label!r}: ")
-    idx, quality = rank_label_issues(labels, probs, max_share=max_share, method=method, score=score)
+        raise CleaningError(f"{where}: column {columns.label!r} has no labels (all null)")
+    _require_two_classes(labels, f"{where}: column {columns.label!r}: ")
+    idx, quality = rank_label_issues(labels, probs, dirty_bound=dirty_bound, method=method, score=score)
     result = table.take(pa.array(idx, type=pa.int64()))
     extra = {
         "issue_rank": pa.array(np.arange(1, idx.size + 1, dtype=np.int64)),

@@ -154,7 +154,7 @@ def _labelled_part(pool, n: int, ctx: SelectContext, o: HWOptions):
         return keys, (np.empty(0, keys.dtype), np.empty(0))
     labels = labels_array(lab.column(c.label))
     idx, quality = rank_label_issues(labels, list_matrix(lab.column(c.probs), dtype=np.float64),
-                                     max_share=o.dirty_bound)
+                                     dirty_bound=o.dirty_bound)
     cand, score = keys[idx], 1.0 - quality
     ok = ~ctx.exclude.contains(cand)
     cand, score = cand[ok], score[ok]

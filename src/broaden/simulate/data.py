@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from broaden.datafiles import DATA_FILE_SUFFIXES, RowRef as _Where, check_ids as _check_ids, \
     first_null as _first_null, label_indices as _label_indices, nonempty_texts as _nonempty_texts, \
     read_data_file, require_columns, text_column as _text_column
+from broaden._lazy import renamed
 from broaden.errors import DatasetError
 from broaden.models.features import pair_features
 from broaden.models.embedding_cache import cached_encode
@@ -139,15 +140,16 @@ def stratified_subsample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 class TextEncoder:
     """A cached sentence encoder: ``encode(texts, tag)`` returns (n, d) float32, computing each text once."""
 
+    @renamed(progress="show_progress")
     def __init__(self, path: str | os.PathLike | None = None, *, cache_dir=None, batch_size: int = 64,
-                 num_threads: int | None = None, progress: bool = True):
+                 num_threads: int | None = None, show_progress: bool = True):
         from broaden.models.text import configured_max_length, resolve_model_path
 
         self.path = resolve_model_path(path)
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_threads = num_threads
-        self.progress = progress
+        self.show_progress = show_progress
         config = (self.path / "config.json").read_bytes()
         self.encoder_id = (f"{self.path.name}:{hashlib.sha256(config).hexdigest()[:16]}:"
                            f"max_length={configured_max_length(self.path)}")
@@ -165,7 +167,7 @@ class TextEncoder:
             from broaden.models.text import SentenceEncoder
 
             self._model = SentenceEncoder(self.path, num_threads=self.num_threads)
-        return self._model.encode(texts, batch_size=self.batch_size, progress=self.progress)
+        return self._model.encode(texts, batch_size=self.batch_size, show_progress=self.show_progress)
 
     def encode(self, texts: list[str], tag: str) -> np.ndarray:
         return cached_encode(texts, self._encode, encoder_id=self.encoder_id, tag=tag, cache_dir=self.cache_dir)
@@ -223,6 +225,7 @@ def _embedding_matrix(col: pa.ChunkedArray, where: _Where, column: str) -> np.nd
     return features
 
 
+@renamed(progress="show_progress")
 def sim_data_from_table(
     table: pa.Table,
     *,
@@ -243,7 +246,7 @@ def sim_data_from_table(
     subsample_seed: int = 0,
     encoder: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
+    show_progress: bool = True,
     text_encoder_factory: Callable[..., TextEncoder] = TextEncoder,
     source: str | None = None,
 ) -> SimData:
@@ -277,7 +280,7 @@ def sim_data_from_table(
     tag = name + (f"-sub{max_items}s{subsample_seed}" if max_items else "")
     columns = [_text_column(table, f) for f in text_cols]
     if pair and not embedding_col:
-        enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
+        enc = text_encoder_factory(encoder, cache_dir=cache_dir, show_progress=show_progress)
         (query_field, item_field), (queries, items) = text_cols[:2], columns[:2]
         _nonempty_texts(queries, where, query_field)
         _nonempty_texts(items, where, item_field)
@@ -291,7 +294,7 @@ def sim_data_from_table(
             features = _embedding_matrix(table.column(embedding_col), where, embedding_col)
             recipe = {"kind": "embedding", "encoder": "given", "fields": [embedding_col]}
         elif text_cols:
-            enc = text_encoder_factory(encoder, cache_dir=cache_dir, progress=progress)
+            enc = text_encoder_factory(encoder, cache_dir=cache_dir, show_progress=show_progress)
             # Fields joined by ". " read like one passage to a sentence encoder (title + description).
             joined = [". ".join(p for p in parts if p) for parts in zip(*columns)]
             features = enc.encode(_nonempty_texts(joined, where, "+".join(text_cols)),
@@ -321,6 +324,7 @@ def own_data_path(dataset: object) -> Path | None:
     return None
 
 
+@renamed(progress="show_progress")
 def load_own_data(
     path: str | os.PathLike,
     *,
@@ -336,6 +340,7 @@ def load_own_data(
                                **options)
 
 
+@renamed(progress="show_progress")
 def own_data_from_table(
     table: pa.Table,
     *,
@@ -363,6 +368,7 @@ def own_data_from_table(
                                embedding_col=embedding_col, split_col=split_col, **options)
 
 
+@renamed(progress="show_progress")
 def load_sim_data(
     dataset: str,
     *,
@@ -371,7 +377,7 @@ def load_sim_data(
     cache_dir: str | os.PathLike | None = None,
     max_items: int | None = None,
     subsample_seed: int = 0,
-    progress: bool = True,
+    show_progress: bool = True,
     text_encoder_factory: Callable[..., TextEncoder] = TextEncoder,
 ) -> SimData:
     """Load a registered dataset and turn it into :class:`SimData` (features cached on disk).
@@ -392,4 +398,4 @@ def load_sim_data(
         load_dataset(info.name, data_dir), name=info.name, text_cols=info.text_fields, pair=info.pair,
         image_col=None if info.text_fields else info.image_field, split_col="split", class_names=info.class_names,
         task=info.task, max_items=max_items, subsample_seed=subsample_seed, encoder=encoder, cache_dir=cache_dir,
-        progress=progress, text_encoder_factory=text_encoder_factory)
+        show_progress=show_progress, text_encoder_factory=text_encoder_factory)

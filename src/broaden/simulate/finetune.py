@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from broaden._lazy import renamed
 from broaden.errors import DatasetError
 from broaden.simulate.data import SimData
 
@@ -23,9 +24,10 @@ BATCH_SIZE = 16
 ENCODER = None  # local HF folder to fine-tune; None = the packaged all-MiniLM-L6-v2
 
 
+@renamed(progress="show_progress")
 def finetuned_data(data: SimData, rows: np.ndarray, labels: np.ndarray, *, seed: int, encoder=None,
                    max_length: int = MAX_LENGTH, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
-                   num_threads: int | None = None, progress: bool = False) -> SimData:
+                   num_threads: int | None = None, show_progress: bool = False) -> SimData:
     """``data`` with its features replaced by the [CLS] states of an encoder fine-tuned on ``rows``
     (labelled ``labels[rows]``); ``feature_info`` records the recipe and the time it took."""
     from broaden.models.textrun import LabeledText, TextModel, fit_text, make_spec
@@ -41,7 +43,7 @@ def finetuned_data(data: SimData, rows: np.ndarray, labels: np.ndarray, *, seed:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="broaden-finetune-") as tmp:
         result = fit_text(items, spec, tmp, epochs=epochs, batch_size=batch_size, seed=seed,
-                          num_threads=num_threads, resume=False, progress=progress)
+                          num_threads=num_threads, resume=False, show_progress=show_progress)
         t1 = time.perf_counter()
         _, features = TextModel(tmp).predict([texts])  # fp32: the same features on every machine
     t2 = time.perf_counter()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from broaden._lazy import renamed
 from broaden.errors import BroadenError
 from broaden.io import write_table, write_text
 from broaden.metrics import to_jsonable
@@ -113,6 +114,7 @@ def _check_folder(out: Path, config: dict) -> None:
         )
 
 
+@renamed(seeds="max_seeds", progress="show_progress")
 def simulate(
     dataset: str | os.PathLike | SimData,
     *,
@@ -125,7 +127,7 @@ def simulate(
     seed: int = 0,
     label_noise: float = 0.0,
     confusion=None,
-    seeds: int | None = None,
+    max_seeds: int | None = 1000,
     seed_threshold: float = 0.5,
     k: int = 10,
     lookalike_threshold: float = 0.5,
@@ -150,7 +152,7 @@ def simulate(
     lsb_fill: bool = False,
     validation: int = 500,
     print_results: bool = True,
-    progress: bool = True,
+    show_progress: bool = True,
 ) -> dict:
     """Run the paper's Tables 1–2 protocol (§4.1.2) with an oracle; returns the results.json content.
 
@@ -164,7 +166,7 @@ def simulate(
     """
     from rich.console import Console
 
-    log = Console(stderr=True, quiet=not progress)
+    log = Console(stderr=True, quiet=not show_progress)
     if not 0 <= lsb_share <= 1:
         raise SimulationError(f"--lsb-share must be within 0 … 1, got {lsb_share}")
     for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats)):
@@ -186,13 +188,14 @@ def simulate(
         from broaden.io.inputs import as_scored
 
         data = own_data_from_table(as_scored(dataset, what="data"), encoder=encoder, cache_dir=cache_dir,
-                                   max_items=max_items, progress=progress, **(data_options or {}))
+                                   max_items=max_items, show_progress=show_progress,
+                                   **(data_options or {}))
     elif data_file is not None:
-        data = load_own_data(data_file, encoder=encoder, cache_dir=cache_dir, max_items=max_items, progress=progress,
-                             **(data_options or {}))
+        data = load_own_data(data_file, encoder=encoder, cache_dir=cache_dir, max_items=max_items,
+                             show_progress=show_progress, **(data_options or {}))
     else:
         data = load_sim_data(dataset, data_dir=data_dir, encoder=encoder, cache_dir=cache_dir, max_items=max_items,
-                             progress=progress)
+                             show_progress=show_progress)
     data = data.regroup(class_groups) if class_groups else data
     # Only set keys enter the config, so folders of runs without them keep their configuration hash.
     data_source = {**({"data_file": str(data_file), "data_sha256": sha256_file(data_file),
@@ -200,7 +203,7 @@ def simulate(
                    **({"class_groups": [list(g) for g in class_groups]} if class_groups else {})}
     out = Path(out)
     if subpop and subpop.startswith("kmeans:") and subpop.count(":") == 2:
-        print_clusters(data, subpop, console=log if progress else None)
+        print_clusters(data, subpop, console=log if show_progress else None)
         raise SimulationError(f"--subpop {subpop} lists the clusters; choose one as {subpop}:CLUSTER")
     target = None if relabel_to is None else class_index(data, str(relabel_to))
     sc = Scenario(scenario, subpop, target, recent, recent_subpop)
@@ -212,7 +215,7 @@ def simulate(
                                dataset_discrepancy=data.discrepancy, num_classes=data.num_classes, include=groups)
     cfg = SimConfig(budget=budget, initial=initial, lsb_share=lsb_share, rounds=rounds, repeats=repeats, seed=seed,
                     label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
-                    seeds=seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
+                    seeds=max_seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
                     index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill,
                     validation=validation)
     config = {
@@ -259,7 +262,8 @@ def simulate(
     return results
 
 
-def demo(out: str | os.PathLike = "demo-output", *, data_dir=None, cache_dir=None, progress: bool = True,
+@renamed(progress="show_progress")
+def demo(out: str | os.PathLike = "demo-output", *, data_dir=None, cache_dir=None, show_progress: bool = True,
          report: bool = True, **overrides) -> dict:
     """One short simulation on the clickbait headlines: a stratified subsample, one round, one repeat.
 
@@ -269,7 +273,8 @@ def demo(out: str | os.PathLike = "demo-output", *, data_dir=None, cache_dir=Non
 
     settings = {**DEMO_DEFAULTS, **overrides}
     dataset = settings.pop("dataset")
-    results = simulate(dataset, out=out, data_dir=data_dir, cache_dir=cache_dir, progress=progress, **settings)
+    results = simulate(dataset, out=out, data_dir=data_dir, cache_dir=cache_dir, show_progress=show_progress,
+                       **settings)
     console = Console()
     console.print(f"Full results: {Path(out).resolve()} (results.json, table1.csv, table2.csv; "
                   "format in docs/results-format.md)")
