@@ -156,7 +156,20 @@ def test_workspace_lookalike_and_explorer(workspace):
     assert ex.count('class="nb-row"') == sum(1 for *_, seed in items if seed)
     assert 'src="data:image/png;base64,' in ex and 'src="data:audio/wav;base64,' in ex
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in ex and HOSTILE not in ex
-    assert "Not available in this result" in _section(html, "curves")
+
+
+def test_workspace_curves_and_reliability_from_round_finish(workspace):
+    # round finish keeps each round's eval predictions: the curves and reliability diagram are drawn from them,
+    # with the AUC and ECE the round recorded in its metrics.
+    ws, html, _ = workspace
+    curves = _section(html, "curves")
+    for metrics in sorted(ws.glob("rounds/*/metrics.json")):
+        ev = json.loads(metrics.read_text())["eval"]
+        assert f"AUC {ev['auc']:.3f}" in curves and f"ECE {ev['ece']:.3f}" in curves
+    assert curves.count('aria-label="reliability diagram"') == 1
+    # The stopping signals: two rounds can never be stable (three comparisons needed); κ is plotted.
+    assert "<dt>when to stop</dt><dd>keep labelling: predictions still change" in html
+    assert "When to stop: agreement with the previous round" in _section(html, "trends")
 
 
 def test_workspace_curves_from_stored_eval_predictions(workspace, tmp_path):

@@ -33,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "classifier on a local Hugging Face encoder, default the packaged all-MiniLM-L6-v2: --encoder frozen "
         "trains an MLP head on cached sentence embeddings, --encoder finetune trains encoder and head end to "
         "end), or `broaden train CONFIG` (TOML or YAML: out, [data], [model], [train]). Defaults follow the "
-        "paper: Adam, lr 4e-5, up to 5 epochs, early stop on a held-out split. An interrupted fine-tune "
-        "continues from RUN/checkpoint when started again.",
+        "paper: Adam, lr 4e-5, up to 5 epochs, early stop on a held-out split; on the same split it fits "
+        "temperature scaling (Guo et al. 2017) into RUN/model/calibration.json, which `broaden score` applies. "
+        "An interrupted fine-tune continues from RUN/checkpoint when started again.",
     )
     p.add_argument("config", nargs="?", default=None, help="training config (.toml, .yaml or .json)")
     p.add_argument("--out", default=None, help="run directory (overrides `out` in a config)")
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="finetune: batch size (default: %(default)s)")
     g.add_argument("--lr", type=float, default=4e-5, help="finetune: Adam learning rate (default: %(default)s)")
     g.add_argument("--eval-fraction", type=float, default=0.1,
-                   help="held out for early stopping (default: %(default)s)")
+                   help="held out for early stopping and temperature scaling (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     g.add_argument("--num-threads", "--threads", dest="num_threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's; --threads is the old name)")

@@ -7,6 +7,10 @@ A *bad case* is a labelled item the model that selected it got wrong (resolved l
 probabilities it was selected with). Its yield is reported with the Beta(1 + bad, 1 + good) posterior
 mean and central 90 % interval, so a team can see whether one strategy finds errors more often than
 another before moving budget to it.
+
+Per finished round it also gives the stopping signals of :mod:`broaden.rounds.stopping` (agreement with
+the previous round's model on the stop set, Eq. 12's max Beta variance, the yield trend) and their
+plain-language reading: advice, never acted on.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import json
 from collections import defaultdict
 
 from broaden.rounds.resolve import beta_yield
+from broaden.rounds.stopping import round_tallies, workspace_signals
 from broaden.rounds.workspace import Workspace
 
 EVAL_KEYS = ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")
@@ -100,6 +105,8 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
         overall[name][0] += n
         overall[name][1] += bad
         by_round[rnd][name] = beta_yield(bad, n, level).to_dict()
+    labels = {key: res.label for key, res in resolved.items() if res.label is not None}
+    stopping = workspace_signals(rounds, round_tallies(items, labels))
     return {
         "workspace": str(ws.path), "level": level, "rounds": table,
         "strategies": {name: beta_yield(bad, n, level).to_dict() for name, (n, bad) in sorted(overall.items())},
@@ -107,6 +114,7 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
         "votes": counts["annotations"], "imports": counts["imports"], "diagnosis": diagnosis,
         "label_resolution": consensus.method, "resolution_note": consensus.note,
         "annotators": _named(consensus.annotators, ws.config.class_names),
+        "stopping": [s.to_dict() for s in stopping],
     }
 
 
@@ -185,3 +193,11 @@ def print_status(report: dict) -> None:
                 ["strategy", "labelled", "bad", "yield (posterior mean)", f"{pct}% interval"],
                 ((name, str(s["labelled"]), str(s["bad"]), fmt(s["mean"]), f"{fmt(s['low'])} – {fmt(s['high'])}")
                  for name, s in report["strategies"].items()), console=console)
+    stopping = report.get("stopping") or []
+    if stopping:
+        print_table("when to stop: advice, never automatic (stop-set agreement κ, Eq. 12 max Beta variance, yield)",
+                    ["round", "κ vs previous", "stable", "max Var", "certain", "yield", "yield falling"],
+                    ((str(s["round"]), fmt(s["kappa"]), "yes" if s["stable"] else "no",
+                      fmt(s["max_beta_variance"], 4), "yes" if s["certain"] else "no", fmt(s["yield_share"]),
+                      "yes" if s["yield_falling"] else "no") for s in stopping), console=console)
+        console.print(f"when to stop: {stopping[-1]['reading']}", highlight=False)

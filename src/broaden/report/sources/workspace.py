@@ -22,8 +22,8 @@ from broaden.metrics import discrepancy
 from broaden.report.data import (ConfusionData, ExplorerCase, ExplorerItem, LookalikeData, MetricColumn,
                                  MetricTable, ReportData, ScoreSet, Series, TrendPanel)
 from broaden.report.items import MediaContext, file_media, text_fields
-from broaden.report.sources.common import (TABLE2_COLUMNS, ReportError, explorer_data, flat_metrics,
-                                           item_discrepancy, read_parquet)
+from broaden.report.sources.common import (CALIBRATION_COLUMNS, TABLE2_COLUMNS, ReportError, explorer_data,
+                                           flat_metrics, item_discrepancy, read_parquet)
 
 LEDGER_FILE = "ledger.sqlite"
 CONFIG_FILE = "config.yaml"
@@ -65,6 +65,7 @@ def read_only_ledger(path: Path) -> Iterator:
 
 def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
     from broaden.rounds import Workspace, load_config
+    from broaden.rounds.stopping import round_tallies, workspace_signals
 
     cfg = load_config(path / CONFIG_FILE)
     with read_only_ledger(path / LEDGER_FILE) as ledger:
@@ -89,10 +90,14 @@ def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
         data.table2 = MetricTable(
             "Table 2", "The classifier `round finish` trained on everything labelled up to each round, on the "
             "fixed eval set (config 'eval'). One model per round, so no ± std.",
-            list(TABLE2_COLUMNS), {f"round {n}": {k: [v] for k, v in flat_metrics(ev).items()}
+            [*TABLE2_COLUMNS, *CALIBRATION_COLUMNS], {f"round {n}": {k: [v] for k, v in flat_metrics(ev).items()}
                                    for n, ev in sorted(evals.items())}, row_header="round")
     data.curves = _curves(path, finished)
-    data.trends = (_trends(evals, items, batches, cfg) or []) + _auto_panels(allocations, metrics) or None
+    stopping = workspace_signals(rounds, round_tallies(items, labels))
+    data.trends = ((_trends(evals, items, batches, cfg) or []) + _auto_panels(allocations, metrics)
+                   + _stopping_panels(stopping) or None)
+    if stopping:
+        data.meta["when to stop"] = stopping[-1].reading
     if allocations:
         last = allocations[max(allocations)]
         if last.get("diagnosis"):
@@ -109,8 +114,8 @@ def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
         ("table1", data.table1, "no selected item has a resolved label yet; import labels with "
                                 "`broaden round import`"),
         ("table2", data.table2, no_eval),
-        ("curves", data.curves, f"no round stores eval-set predictions (rounds/NNNN/{EVAL_PREDICTIONS}); "
-                                "finished rounds record metrics only"),
+        ("curves", data.curves, f"no finished round stores eval-set predictions (rounds/NNNN/{EVAL_PREDICTIONS}; "
+                                "`round finish` writes them when the config sets 'eval')"),
         ("trends", data.trends, no_eval or "nothing to plot yet"),
         ("lookalike", data.lookalike, "no labelled item was selected with a Lookalike score (strategy lsb-lt)"),
         ("explorer", data.explorer, "no item was selected by LSB (strategy lsb or lsb-lt)"),
@@ -231,6 +236,20 @@ def _auto_panels(allocations: dict[int, dict], metrics: dict[int, dict]) -> list
                                  "value per item", [Series(s, rs, [(values[r].get(s) or {}).get("value", np.nan)
                                                                    for r in rs]) for s in names]))
     return panels
+
+
+def _stopping_panels(signals) -> list[TrendPanel]:
+    """Agreement of each round's model with the previous one on the stop set (the stabilising-predictions
+    signal, :mod:`broaden.rounds.stopping`), when at least two rounds recorded predictions."""
+    from broaden.rounds.stopping import KAPPA_THRESHOLD, STABLE_ROUNDS
+
+    xs = [s.round for s in signals if s.kappa is not None]
+    if not xs:
+        return []
+    return [TrendPanel(f"When to stop: agreement with the previous round (stable: κ ≥ {KAPPA_THRESHOLD:g} for "
+                       f"{STABLE_ROUNDS} rounds)",
+                       "Cohen's κ on the stop set", [Series("model", xs, [s.kappa for s in signals
+                                                                          if s.kappa is not None])])]
 
 
 def _lookalike(items: list[dict], cfg) -> list[LookalikeData] | None:
