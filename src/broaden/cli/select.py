@@ -11,6 +11,8 @@ OPTIONS = {
     "--committee-cols": ("committee_cols", str, "qbc, bald: comma-separated committee probability columns "
                          "(default: the pool's probs_m0, probs_m1, ... from `broaden score --mc-dropout N`)"),
     "--qbc-measure": ("qbc_measure", str, "qbc: vote_entropy (default) or kl (mean KL to consensus)"),
+    "--annotations": ("annotations", str, "activelab: the votes so far, a CSV or Parquet file with id, annotator, "
+                      "label; the pool rows it names may be sent again to relabel"),
     "--proportions": ("proportions", str, "hw: class weights '0.4,0.3,0.2,0.1' or '0:0.5,3:0.5' "
                       "(default: the pool's predicted-class distribution with --floor)"),
     "--floor": ("floor", float, "hw: minimum share of each present class in the default proportions (0.05)"),
@@ -44,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "select", help="choose the next items to label from a scored pool",
         description="Choose BUDGET pool items with one strategy or a mix such as "
-        "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, bald, hw, "
-        "lsb, lsb-lt (the last two need --labeled); 'auto' lets the error-clustering diagnostic of --labeled "
-        "choose the shares of Stat-AL and LSB-LT (docs/auto.md). Pool rows that already carry a label (non-null, "
-        "non-negative label column) are skipped, like --exclude ids.",
+        "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, bald, "
+        "activelab, hw, lsb, lsb-lt (the last two need --labeled); 'auto' lets the error-clustering diagnostic of "
+        "--labeled choose the shares of Stat-AL and LSB-LT (docs/auto.md). Pool rows that already carry a label "
+        "(non-null, non-negative label column) are skipped, like --exclude ids, except that activelab may send the "
+        "rows named in --annotations again (relabel).",
     )
     p.add_argument("pool", help="scored pool: a Parquet file or a directory of Parquet files")
     p.add_argument("--strategy", required=True, help="strategy name or mix 'name:share,...' (shares sum to 1)")
@@ -59,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
     add_column_flags(p)
     add_engine_flags(p)
-    g = p.add_argument_group("strategy options (qbc, bald, hw, lsb/lsb-lt); unset ones keep the API defaults")
+    g = p.add_argument_group("strategy options (qbc, bald, activelab, hw, lsb/lsb-lt); unset ones keep the API "
+                             "defaults")
     for flag, (name, typ, text) in OPTIONS.items():
         g.add_argument(flag, *OLD_FLAGS.get(flag, ()), dest=name, type=typ, help=text)
     g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,

@@ -31,6 +31,11 @@ class IdSet:
             self.add(values)
 
     def add(self, values) -> IdSet:
+        if isinstance(values, IdSet):
+            self._ints = np.union1d(self._ints, values._ints)
+            self._strs = np.union1d(self._strs, values._strs)
+            self._as_int = self._as_str = None
+            return self
         # numpy infers int64 for all-int input and str for anything mixed with text.
         arr = np.asarray(values if isinstance(values, np.ndarray) else list(values))
         if arr.size == 0:
@@ -70,6 +75,13 @@ class IdSet:
         out = IdSet()
         out._ints, out._strs = self._ints, self._strs
         return out.add(values)
+
+    def difference(self, other: IdSet) -> IdSet:
+        """The ids not in ``other`` (an int id and its text spelling are the same id, as in :meth:`contains`)."""
+        out = IdSet()
+        out._ints = self._ints[~other.contains(self._ints)]
+        out._strs = self._strs[~other.contains(self._strs)]
+        return out
 
 
 def _is_int(s: str) -> bool:

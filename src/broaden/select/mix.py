@@ -14,6 +14,9 @@ Mix semantics (``"entropy:0.6,margin:0.2,random:0.2"`` or ``{"entropy": 0.6, ...
   before the budget is filled, that is an error naming the shortfall.
 * Pool rows that already carry a label (a non-null, non-negative value in the label column) are
   excluded like ``exclude``: their label is known, so selecting them would waste budget.
+* Relabelling: the pool rows named in the ``annotations`` option (votes: ``id``, ``annotator``, ``label``)
+  may be picked again by a strategy that relabels (``activelab``) though their label column is filled;
+  every other strategy of the mix skips them; ``exclude`` holds for all. Such picks have ``relabel`` = true.
 * ``auto`` stands for the mix the measurements call for (:mod:`broaden.auto.strategy`): Stat-AL and, with a
   labelled set, LSB-LT in shares set by the error-clustering diagnostic and each strategy's measured value.
 * A budget larger than the eligible pool (rows minus excluded ids) is an error that says so.
@@ -35,10 +38,11 @@ import pyarrow as pa
 from broaden._typing import IdsLike, LabeledLike, PoolLike
 from broaden.engines import engine_scope
 from broaden.errors import SelectionError
-from broaden.io.ids import as_ids
+from broaden.io.ids import IdSet, as_ids
 from broaden.io.inputs import as_scored
 from broaden.io.pool import Pool
 from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns, check_writable, write_table
+from broaden.select.activelab import annotated_ids
 from broaden.select.registry import SelectContext, check_labeled, check_options, get_mix, get_strategy
 
 def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
@@ -143,6 +147,10 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
     user_exclude = as_ids(exclude, id_col=columns.id)
     source = Pool.of(pool, columns)
     known = source.labelled_ids(batch_size)
+    # Items offered for relabelling: only a relabelling strategy may pick them, labelled as they may be.
+    relabeling = any(s.relabels for s in strategies) and options.get("annotations") is not None
+    annotated = annotated_ids(options["annotations"]) if relabeling else IdSet()
+    relabel_exclude = user_exclude.union(IdSet(known).difference(annotated))
     if len(known):
         user_exclude = user_exclude.union(known)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
@@ -153,7 +161,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         check_labeled(s, ctx)
 
     total = source.num_rows
-    excluded = source.count_present(user_exclude, batch_size)
+    excluded = source.count_present(relabel_exclude if relabeling else user_exclude, batch_size)
     eligible = total - excluded
     if budget > eligible:
         raise SelectionError(
@@ -163,24 +171,26 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
 
     quotas = largest_remainder(budget, [share for _, share in plan])
     chosen = user_exclude.union(())
+    picked = IdSet()
     picks: list[tuple[str, np.ndarray, np.ndarray, pa.Table | None]] = []
     exhausted = [False] * len(plan)
     carry = 0
 
     def run(i: int, want: int) -> int:
         s = strategies[i]
-        ctx.exclude = chosen
+        ctx.exclude = relabel_exclude.union(picked) if s.relabels else chosen.union(annotated)
         ids, scores, *rest = s.fn(pool, want, ctx)
         details = rest[0] if rest else None  # optional provenance, one row per returned id
         ids, scores = np.asarray(ids), np.asarray(scores, dtype=np.float64)
         # Guard against a plugin returning excluded or repeated ids: an item counts once.
-        fresh = ~chosen.contains(ids) if len(ids) else np.zeros(0, bool)
+        fresh = ~ctx.exclude.contains(ids) if len(ids) else np.zeros(0, bool)
         _, first = np.unique(ids, return_index=True)
         fresh &= np.isin(np.arange(len(ids)), first)
         ids, scores = ids[fresh][:want], scores[fresh][:want]
         if details is not None:
             details = details.filter(pa.array(fresh)).slice(0, len(ids))
         chosen.add(ids)
+        picked.add(ids)
         if len(ids):
             picks.append((s.name, ids, scores, details))
         if len(ids) < want:

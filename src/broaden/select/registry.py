@@ -25,7 +25,8 @@ from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns
 
 StrategyFn = Callable[["str | os.PathLike | pa.Table", int, "SelectContext"], tuple[np.ndarray, np.ndarray]]
 # Modules that register strategies on import; tried in order when a name is unknown.
-PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.lsb.strategy", "broaden.auto.strategy")
+PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.select.activelab", "broaden.lsb.strategy",
+                  "broaden.auto.strategy")
 #: ``resolve(labeled, options, *, columns, seed) -> (mix spec, report)`` for a name that stands for a mix.
 MixResolver = Callable[..., tuple[Any, Any]]
 
@@ -62,6 +63,8 @@ class Strategy:
     needs_labeled: bool = False
     #: The option names the strategy reads (None: undeclared, then no option is checked).
     options: tuple[str, ...] | None = None
+    #: May pick the pool rows named in the ``annotations`` option again (relabel), though they are labelled.
+    relabels: bool = False
 
 
 _REGISTRY: dict[str, Strategy] = {}
@@ -72,10 +75,11 @@ COMMON_OPTIONS = ("show_progress",)
 
 
 def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False,
-                      options: tuple[str, ...] | None = None) -> StrategyFn:
+                      options: tuple[str, ...] | None = None, relabels: bool = False) -> StrategyFn:
     """Make ``fn`` available as ``--strategy name`` (re-registering a name replaces it); ``options`` are the
-    option names it reads from ``ctx.options`` (checked by :func:`check_options`)."""
-    _REGISTRY[name] = Strategy(name, fn, needs_labeled, None if options is None else tuple(options))
+    option names it reads from ``ctx.options`` (checked by :func:`check_options`); ``relabels``: it may pick
+    the items named in the ``annotations`` option again (:mod:`broaden.select.activelab`)."""
+    _REGISTRY[name] = Strategy(name, fn, needs_labeled, None if options is None else tuple(options), relabels)
     return fn
 
 
