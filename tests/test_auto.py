@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from broaden.auto import allocate, diagnose, strategy_values
-from broaden.auto.allocate import arm_of
+from broaden.auto.allocation import arm_of
 from broaden.cli import main
 from broaden.io import make_scored_table, write_table
 from broaden.select import select

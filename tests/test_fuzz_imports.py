@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_rounds import CLASSES, make_world, new_workspace
+from tests.test_rounds import CLASSES, make_world, new_workspace
 
 from broaden.cli import main
 from broaden.rounds.ledger import Ledger

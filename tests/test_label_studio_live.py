@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from label_studio_server import ADMIN, label_studio, unavailable
-from test_rounds import CLASSES, make_world, new_workspace
+from tests.label_studio_server import ADMIN, label_studio, unavailable
+from tests.test_rounds import CLASSES, make_world, new_workspace
 
 from broaden.cli import main
 from broaden.rounds import Workspace, round_finish, round_pull, round_push, status

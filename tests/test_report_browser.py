@@ -34,7 +34,7 @@ def browser():
 
 
 def test_report_in_chromium(browser, tmp_path):
-    from test_report import SECTIONS, make_sim_dir
+    from tests.test_report import SECTIONS, make_sim_dir
 
     html = report(make_sim_dir(tmp_path), tmp_path / "report.html")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})

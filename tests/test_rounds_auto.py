@@ -9,7 +9,7 @@ import pytest
 
 from broaden import io
 from broaden.auto import strategy_values
-from broaden.auto.allocate import arm_of
+from broaden.auto.allocation import arm_of
 from broaden.cli import main
 from broaden.rounds import Workspace, round_finish, round_import, round_start, status
 from tests.test_rounds import fill_csv, make_world, new_workspace

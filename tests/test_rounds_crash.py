@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_rounds import fill_csv, make_world, new_workspace
+from tests.test_rounds import fill_csv, make_world, new_workspace
 
 from broaden.rounds import round_finish, round_import, round_start, status
 from broaden.rounds.ledger import FAULT_ENV, FAULT_FILE_ENV, Ledger

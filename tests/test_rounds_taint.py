@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_rounds import CLASSES, DIM, fill_csv, new_workspace, started, world  # noqa: F401 (fixtures)
+from tests.test_rounds import CLASSES, DIM, fill_csv, new_workspace, started, world  # noqa: F401 (fixtures)
 
 from broaden import io
 from broaden.cli import main

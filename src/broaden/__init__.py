@@ -26,7 +26,7 @@ _COMMANDS = {
     "simulate": "broaden.simulate",
     "demo": "broaden.simulate.runner",
     "report": "broaden.report",
-    "diagnose": "broaden.auto.diagnose",
+    "diagnose": "broaden.auto.diagnosis",
     **{name: "broaden.rounds.api" for name in ("round_start", "round_finish", "round_import", "round_push",
                                                "round_pull")},
 }

@@ -8,8 +8,8 @@ allocation, its reasons and the diagnosis.
 """
 from __future__ import annotations
 
-from broaden.auto.allocate import allocate
-from broaden.auto.diagnose import diagnose
+from broaden.auto.allocation import allocate
+from broaden.auto.diagnosis import diagnose
 from broaden.select.registry import register_mix
 
 AUTO = "auto"

@@ -40,7 +40,7 @@ def round_values(labeled: pa.Table, number: int, X: np.ndarray, eval_X: np.ndarr
                  label_col: str, num_classes: int, fit=None, full_model=None, seed: int = 0) -> dict:
     """Leave-n-out value of round ``number``'s items (rows of ``labeled`` with round == number); ``fit``
     refits the workspace's classifier, ``full_model`` is the one already trained on every row."""
-    from broaden.auto.allocate import arm_of
+    from broaden.auto.allocation import arm_of
     from broaden.auto.value import strategy_values
     from broaden.io import labels_array
 

@@ -372,7 +372,7 @@ class RepeatRun:
                  round_: int) -> dict:
         """Equal-size leave-n-out value of this round's arms, refitting the classifier the group retrains, on
         the validation sample; feeds the next allocation."""
-        from broaden.auto.allocate import arm_of
+        from broaden.auto.allocation import arm_of
         from broaden.auto.value import strategy_values
 
         arm = {int(r): arm_of(s) for r, s in zip(sel.rows, sel.strategy)}
