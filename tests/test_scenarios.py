@@ -53,7 +53,7 @@ def test_subpopulation_by_each_method(tmp_path):
 
 
 def test_scenario_settings_are_checked():
-    with pytest.raises(ScenarioError, match="relabel-to"):
+    with pytest.raises(ScenarioError, match="relabel_to"):
         Scenario("drift", "keyword:*:x", recent=10)
     with pytest.raises(ScenarioError, match="recent"):
         Scenario("blindspot", "keyword:*:x")

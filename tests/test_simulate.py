@@ -187,7 +187,7 @@ def test_pool_too_small_for_the_rounds_fails_before_any_work(tmp_path, monkeypat
         raise AssertionError("a repeat ran")
 
     monkeypatch.setattr(protocol_mod.RepeatRun, "run", no_repeat)
-    with pytest.raises(SimulationError, match="--pool-size 60 cannot supply 2 round"):
+    with pytest.raises(SimulationError, match="pool_size=60 cannot supply 2 round"):
         simulate(tiny_data(seed=1, n=500), out=tmp_path / "sim", **{**SETTINGS, "pool_size": 60})
     assert not (tmp_path / "sim").exists()
 

@@ -75,7 +75,7 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
     from broaden.progress import track
 
     if precision not in PRECISIONS:
-        raise ConfigError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     mc_dropout = check_passes(mc_dropout)
     check_writable(out)
     errors_file = Path(errors_out) if errors_out else errors_path_for(out)
@@ -112,7 +112,7 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
         check = None
         if precision == "bf16":
             if not bf16_hardware(device):
-                raise ConfigError(f"--precision bf16: no native bf16 on {device} here; use auto or fp32")
+                raise ConfigError(f"precision='bf16': no native bf16 on {device} here; use auto or fp32")
             bf16 = True
         elif precision == "auto" and len(good):
             sample = good[:CALIBRATION_ITEMS]

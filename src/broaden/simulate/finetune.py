@@ -33,7 +33,7 @@ def finetuned_data(data: SimData, rows: np.ndarray, labels: np.ndarray, *, seed:
     from broaden.models.textrun import LabeledText, TextModel, fit_text, make_spec
 
     if not data.texts:
-        raise DatasetError(f"{data.name}: --latent finetuned needs the items' texts (this data has "
+        raise DatasetError(f"{data.name}: latent='finetuned' needs the items' texts (this data has "
                            f"{data.feature_info.get('kind', 'no')} features only)")
     rows = np.asarray(rows, dtype=np.int64)
     texts = list(data.texts)

@@ -49,7 +49,7 @@ def check_confusion(matrix: np.ndarray, num_classes: int, source: str = "confusi
 def noise_confusion(rate: float, num_classes: int) -> np.ndarray:
     """Symmetric noise: keep the label with probability 1 − rate, else any other class uniformly."""
     if not 0.0 <= rate < 1.0:
-        raise OracleError(f"--label-noise must be in [0, 1), got {rate}")
+        raise OracleError(f"label_noise must be in [0, 1), got {rate}")
     off = rate / (num_classes - 1)
     return np.full((num_classes, num_classes), off) + np.eye(num_classes) * (1.0 - rate - off)
 

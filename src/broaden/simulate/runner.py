@@ -74,7 +74,7 @@ def _subpop_mask(data: SimData, spec: str, out: Path) -> np.ndarray:
 
 def _confusion(label_noise: float, confusion, num_classes: int) -> np.ndarray | None:
     if confusion is not None and label_noise:
-        raise SimulationError("give either --label-noise or --confusion, not both")
+        raise SimulationError("give either label_noise or confusion, not both")
     if confusion is not None:
         if isinstance(confusion, (str, os.PathLike)):
             return load_confusion(confusion, num_classes)
@@ -168,19 +168,19 @@ def simulate(
 
     log = Console(stderr=True, quiet=not show_progress)
     if not 0 <= lsb_share <= 1:
-        raise SimulationError(f"--lsb-share must be within 0 … 1, got {lsb_share}")
+        raise SimulationError(f"lsb_share must be within 0 … 1, got {lsb_share}")
     for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats)):
         if value < 1:
-            raise SimulationError(f"--{name} must be >= 1, got {value}")
+            raise SimulationError(f"{name} must be >= 1, got {value}")
     if pool_size is not None and pool_size < budget * rounds:
         # Checked here, not by the first selection that runs dry: that would come after the folder is
         # written and, with several rounds, after whole rounds of work.
-        raise SimulationError(f"--pool-size {pool_size} cannot supply {rounds} round(s) of budget {budget}; "
+        raise SimulationError(f"pool_size={pool_size} cannot supply {rounds} round(s) of budget {budget}; "
                               f"use at least {budget * rounds}")
     in_memory = not isinstance(dataset, (str, os.PathLike, SimData))
     data_file = None if isinstance(dataset, SimData) or in_memory else own_data_path(dataset)
     if data_options and data_file is None and not in_memory:
-        raise SimulationError("data options (--id-col, --label-col, --text, ...) apply only to a data file (--data) "
+        raise SimulationError("data options (id_col, label_col, text, ...) apply only to a data file (data=PATH) "
                               "or an in-memory table")
     if isinstance(dataset, SimData):
         data = dataset
@@ -204,7 +204,7 @@ def simulate(
     out = Path(out)
     if subpop and subpop.startswith("kmeans:") and subpop.count(":") == 2:
         print_clusters(data, subpop, console=log if show_progress else None)
-        raise SimulationError(f"--subpop {subpop} lists the clusters; choose one as {subpop}:CLUSTER")
+        raise SimulationError(f"subpop={subpop!r} lists the clusters; choose one as {subpop}:CLUSTER")
     target = None if relabel_to is None else class_index(data, str(relabel_to))
     sc = Scenario(scenario, subpop, target, recent, recent_subpop)
     mask = _subpop_mask(data, subpop, out) if subpop else None

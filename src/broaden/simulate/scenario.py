@@ -58,18 +58,18 @@ class Scenario:
         if self.kind not in SCENARIOS:
             raise ScenarioError(f"scenario must be one of {', '.join(SCENARIOS)}, got {self.kind!r}")
         if self.kind != "iid" and not self.subpop:
-            raise ScenarioError(f"the {self.kind} scenario needs a sub-population (--subpop)")
+            raise ScenarioError(f"the {self.kind} scenario needs a sub-population (subpop)")
         if self.kind == "drift" and self.relabel_to is None:
-            raise ScenarioError("the drift scenario needs --relabel-to CLASS: S's label after the change")
+            raise ScenarioError("the drift scenario needs relabel_to=CLASS: S's label after the change")
         if self.kind != "drift" and self.relabel_to is not None:
-            raise ScenarioError("--relabel-to applies to the drift scenario only")
+            raise ScenarioError("relabel_to applies to the drift scenario only")
         if self.recent < 0 or self.recent_subpop < 0:
-            raise ScenarioError("--recent and --recent-subpop must be >= 0")
+            raise ScenarioError("recent and recent_subpop must be >= 0")
         if self.recent_subpop and not self.subpop:
-            raise ScenarioError("--recent-subpop needs a sub-population (--subpop)")
+            raise ScenarioError("recent_subpop needs a sub-population (subpop)")
         if self.kind != "iid" and self.recent + self.recent_subpop == 0:
-            raise ScenarioError(f"the {self.kind} scenario seeds LSB from a recent labelled batch: give --recent N "
-                                "and --recent-subpop n (e.g. 300 and 20)")
+            raise ScenarioError(f"the {self.kind} scenario seeds LSB from a recent labelled batch: give recent=N "
+                                "and recent_subpop=n (e.g. 300 and 20)")
 
     def to_dict(self) -> dict:
         return asdict(self)
