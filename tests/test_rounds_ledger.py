@@ -31,13 +31,14 @@ def test_migrates_a_v1_ledger_and_keeps_its_data(tmp_path):
     path = tmp_path / "ledger.sqlite"
     _v1_ledger(path)
     with Ledger.open(path) as led:
-        assert schema_version(led.conn) == SCHEMA_VERSION == 2
+        assert schema_version(led.conn) == SCHEMA_VERSION == 3
         assert led.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert led.counts() == {"rounds": 2, "items": 3, "annotations": 2, "imports": 0}
         r1 = led.round(1)
         assert (r1["model_id"], r1["embedding_version"], r1["status"]) == ("unknown", "unversioned", "finished")
         assert [v["label"] for v in led.votes()] == [1, 1]
         assert led.blocked_keys() == {"a", "b", "c"}
+        assert [i["relabel"] for i in led.items()] == [0, 0, 0]  # v3: no old item was a relabel
         # The v2 features work on migrated data: a new import is recorded with its digest.
         new = led.add_import(digest="d1", path="new.csv", fmt="csv", votes=[Vote("c", 2, "y", 0)], rows_bad=0)
         assert new == 1 and led.find_import("d1")["rows_new"] == 1

@@ -414,3 +414,16 @@ def test_a_named_engine_is_created_once_per_call_and_closed(monkeypatch, tmp_pat
     given = Counting()
     select(pool, "entropy", 10, engine=given)
     assert given not in closed  # an engine object passed in belongs to the caller
+
+
+def test_a_pool_file_whose_rows_are_all_excluded_is_skipped(rng, tmp_path):
+    """Every row of one file labelled (or excluded): nothing of it to score, and the rest still ranks."""
+    probs = rng.dirichlet(np.ones(3), size=40)
+    done = make_scored_table(np.arange(20), probs[:20], labels=[0] * 20)
+    fresh = make_scored_table(np.arange(20, 40), probs[20:], labels=[None] * 20)
+    (tmp_path / "pool").mkdir()
+    pq.write_table(done, tmp_path / "pool" / "a.parquet")
+    pq.write_table(fresh, tmp_path / "pool" / "b.parquet")
+    out = select(tmp_path / "pool", "entropy", 5)
+    assert out.column("id").to_pylist() == brute_top(ref_entropy(probs[20:]).tolist(), list(range(20, 40)), 5)
+    assert select(tmp_path / "pool", "margin", 5, exclude=range(20, 25)).num_rows == 5

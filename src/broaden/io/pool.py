@@ -96,7 +96,8 @@ class Pool:
                     if not keep.all():
                         keys, batch = keys[keep], batch.filter(pa.array(keep))
                 advance(batch.num_rows)
-                yield keys, batch
+                if batch.num_rows:  # every row excluded: nothing to score (and an empty list column has no width)
+                    yield keys, batch
         for v in validators:
             v.finish()
 

@@ -31,7 +31,8 @@ import pyarrow as pa
 from broaden.io import write_text
 from broaden.rounds.config import ConfigError
 
-PROVENANCE = ("strategy", "score", "rank", "seed_id", "seed_ids", "neighbor_rank", "similarity", "lookalike_score")
+PROVENANCE = ("strategy", "score", "rank", "seed_id", "seed_ids", "neighbor_rank", "similarity", "lookalike_score",
+              "relabel")
 MEDIA_HINTS = ("image", "audio", "video", "frame", "media")
 LS_FROM_NAME = "label"
 FORMATS = ("auto", "csv", "jsonl", "json", "label-studio")

@@ -53,6 +53,7 @@ class ItemRecord:
     seed_id: str | None = None
     similarity: float | None = None
     lookalike_score: float | None = None
+    relabel: bool = False  # an item labelled before, sent again for another vote
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Ledger:
                   embedding_version: str, items: Sequence[ItemRecord]) -> None:
         """Record a round and every item it sends out: all of them or, after any failure, none."""
         rows = [(it.item_key, round, it.strategy, it.score, it.rank, it.pred, it.seed_id, it.similarity,
-                 it.lookalike_score) for it in items]
+                 it.lookalike_score, int(it.relabel)) for it in items]
         half = len(rows) // 2
         with self.transaction() as c:
             c.execute(
@@ -150,7 +151,7 @@ class Ledger:
                 (round, now(), pool, strategy, budget, seed, model_id, embedding_version),
             )
             insert = ("INSERT INTO items(item_key, round, strategy, score, rank, pred, seed_id, similarity, "
-                      "lookalike_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                      "lookalike_score, relabel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
             c.executemany(insert, rows[:half])
             fault_point("round-start:transaction")
             c.executemany(insert, rows[half:])
@@ -185,7 +186,8 @@ class Ledger:
         return out
 
     def blocked_keys(self) -> set[str]:
-        """Keys that must never be selected again: in an open round, or labelled by anyone, ever."""
+        """Keys that must never be selected again: in an open round, or labelled by anyone, ever (only a
+        relabelling strategy sends a labelled item again, and only one not in an open round)."""
         rows = self.conn.execute(
             "SELECT item_key FROM items JOIN rounds USING (round) WHERE status = 'open' "
             "UNION SELECT item_key FROM annotations"
@@ -228,6 +230,11 @@ class Ledger:
             new = self.conn.total_changes - before
             c.execute("UPDATE imports SET rows_new = ? WHERE digest = ?", (new, digest))
         return int(new)
+
+    def open_keys(self) -> set[str]:
+        """Keys of the items in an open round."""
+        rows = self.conn.execute("SELECT item_key FROM items JOIN rounds USING (round) WHERE status = 'open'")
+        return {r[0] for r in rows}
 
     def votes(self, round: int | None = None) -> list[sqlite3.Row]:
         """Each annotator's latest label per item (an annotator who changes their mind counts once)."""

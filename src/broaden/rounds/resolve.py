@@ -1,6 +1,8 @@
 """Turning several annotators' votes into one label, and the bad-case yield of each strategy.
 
-Resolution rules (documented in docs/rounds.md; the workspace's ``label_resolution``):
+Resolution rules (documented in docs/rounds.md; the workspace's ``label_resolution``). An item sent again
+to be relabelled (``activelab``) pools its votes from every round that sent it, each annotator's latest
+vote counting once; every one of those rounds sees the same resolution.
 
 - ``majority`` (default): each annotator counts once per item, with their latest label; the label with
   the most votes wins; when two or more labels share the top count the item is *tied*: it keeps all its
@@ -33,18 +35,31 @@ class Resolution:
         return self.label is None and bool(self.votes)
 
 
+def pooled_votes(votes: Iterable) -> tuple[dict[str, dict[str, int]], dict[str, list[int]]]:
+    """({item_key: {annotator: label}}, {item_key: rounds with votes, ascending}) from rows with item_key,
+    round, annotator, label (:meth:`Ledger.votes`: one per annotator and round): an annotator who voted on an
+    item in several rounds counts once, with the vote of the latest round."""
+    latest: dict[str, dict[str, int]] = {}
+    rounds: dict[str, set[int]] = {}
+    for row in sorted(votes, key=lambda r: int(r["round"])):
+        key = row["item_key"]
+        latest.setdefault(key, {})[str(row["annotator"])] = int(row["label"])
+        rounds.setdefault(key, set()).add(int(row["round"]))
+    return latest, {k: sorted(v) for k, v in rounds.items()}
+
+
 def resolve_votes(votes: Iterable) -> dict[tuple[str, int], Resolution]:
-    """``votes``: rows with item_key, round, annotator, label (one per annotator, as
-    :meth:`Ledger.votes` returns them) → {(item_key, round): Resolution}."""
-    counts: dict[tuple[str, int], Counter] = {}
-    for row in votes:
-        counts.setdefault((row["item_key"], int(row["round"])), Counter())[int(row["label"])] += 1
+    """Majority vote: ``votes`` (rows with item_key, round, annotator, label, as :meth:`Ledger.votes` returns
+    them) → {(item_key, round): Resolution} for every round in which the item has votes."""
+    latest, rounds = pooled_votes(votes)
     out = {}
-    for key, counter in counts.items():
+    for key, by_annotator in latest.items():
+        counter = Counter(by_annotator.values())
         ranked = counter.most_common()
         top = ranked[0][1]
         winners = [label for label, n in ranked if n == top]
-        out[key] = Resolution(winners[0] if len(winners) == 1 else None, dict(sorted(counter.items())))
+        res = Resolution(winners[0] if len(winners) == 1 else None, dict(sorted(counter.items())))
+        out.update(((key, rnd), res) for rnd in rounds[key])
     return out
 
 
@@ -63,43 +78,44 @@ class Consensus:
     note: str | None = None
 
 
-def crowdlab_votes(votes: Iterable) -> tuple[list[tuple[str, int]], list[str], np.ndarray]:
-    """(item keys, annotators, the N × M label matrix with NaN where an annotator did not label an item):
-    the wide form cleanlab's multi-annotator functions take, rows and columns in sorted order."""
-    rows = [(r["item_key"], int(r["round"]), str(r["annotator"]), int(r["label"])) for r in votes]
-    keys = sorted({(k, rnd) for k, rnd, _, _ in rows})
-    annotators = sorted({a for _, _, a, _ in rows})
-    row_of = {k: i for i, k in enumerate(keys)}
+def crowdlab_votes(latest: Mapping[str, Mapping[str, int]]) -> tuple[list[str], list[str], np.ndarray]:
+    """(item keys, annotators, the N × M label matrix with NaN where an annotator did not label an item) of
+    :func:`pooled_votes`' first result: the wide form cleanlab's multi-annotator functions take, sorted."""
+    keys = sorted(latest)
+    annotators = sorted({a for by_annotator in latest.values() for a in by_annotator})
     col_of = {a: j for j, a in enumerate(annotators)}
     wide = np.full((len(keys), len(annotators)), np.nan)
-    for k, rnd, a, label in rows:
-        wide[row_of[(k, rnd)], col_of[a]] = label
+    for i, key in enumerate(keys):
+        for a, label in latest[key].items():
+            wide[i, col_of[a]] = label
     return keys, annotators, wide
 
 
 def resolve_crowdlab(votes: Iterable, pred_probs: Mapping[tuple[str, int], np.ndarray]) -> Consensus:
     """CROWDLAB consensus (``cleanlab.multiannotator.get_label_quality_multiannotator`` with its defaults) of
     every voted item; ``pred_probs[(item_key, round)]`` is the model's probabilities for the item (the ones
-    it was selected with: out-of-sample, as CROWDLAB wants).
+    it was selected with: out-of-sample, as CROWDLAB wants; for an item sent in several rounds, the first).
 
     CROWDLAB needs two or more annotators and an item with two or more votes; before that the rule is
     majority vote (one vote per item: that vote), and ``note`` says so.
     """
     votes = list(votes)
-    keys, annotators, wide = crowdlab_votes(votes)
+    latest, rounds = pooled_votes(votes)
+    keys, annotators, wide = crowdlab_votes(latest)
     per_item = (~np.isnan(wide)).sum(axis=1)
     if len(annotators) < 2 or not (per_item > 1).any():
         why = ("one annotator" if len(annotators) < 2 else "no item with two or more votes")
         return Consensus("majority", resolve_votes(votes), None,
                          f"crowdlab needs two or more annotators and an item with two or more votes; there is "
                          f"{why} yet, so labels are the majority vote")
-    missing = [k for k in keys if k not in pred_probs]
+    first = {k: next((rnd for rnd in rounds[k] if (k, rnd) in pred_probs), None) for k in keys}
+    missing = [k for k, rnd in first.items() if rnd is None]
     if missing:
         raise ValueError(f"crowdlab needs the model's probabilities of every voted item; none for item "
-                         f"{missing[0][0]!r} of round {missing[0][1]}")
+                         f"{missing[0]!r}")
     from cleanlab.multiannotator import get_label_quality_multiannotator
 
-    probs = np.stack([np.asarray(pred_probs[k], dtype=np.float64) for k in keys])
+    probs = np.stack([np.asarray(pred_probs[(k, first[k])], dtype=np.float64) for k in keys])
     info = get_label_quality_multiannotator(wide, probs, verbose=False)
     quality = info["label_quality"]
     labels = quality["consensus_label"].to_numpy()
@@ -107,7 +123,8 @@ def resolve_crowdlab(votes: Iterable, pred_probs: Mapping[tuple[str, int], np.nd
     items = {}
     for i, key in enumerate(keys):
         counts = Counter(int(v) for v in wide[i] if not np.isnan(v))
-        items[key] = Resolution(int(labels[i]), dict(sorted(counts.items())), float(scores[i]))
+        res = Resolution(int(labels[i]), dict(sorted(counts.items())), float(scores[i]))
+        items.update(((key, rnd), res) for rnd in rounds[key])
     stats_ = info["annotator_stats"]  # indexed by column position (we passed an array), worst first
     table = [{"annotator": annotators[int(j)], "quality": float(row["annotator_quality"]),
               "agreement_with_consensus": float(row["agreement_with_consensus"]),

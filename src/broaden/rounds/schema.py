@@ -8,6 +8,7 @@ Version history
 - v1: rounds, items (what was sent, with strategy / score / seed provenance), annotations (every vote).
 - v2: imports (file digests, so re-importing a file changes nothing); the model and embedding version
   that scored each round's pool (kNN must never mix embedding versions); each vote remembers its import.
+- v3: items.relabel: 1 when the round sent an already-labelled item again for another vote (``activelab``).
 """
 from __future__ import annotations
 
@@ -77,7 +78,11 @@ ALTER TABLE rounds ADD COLUMN embedding_version TEXT NOT NULL DEFAULT 'unversion
 ALTER TABLE annotations ADD COLUMN import_digest TEXT REFERENCES imports(digest);
 """
 
-MIGRATIONS: tuple[str, ...] = (V1, V2)
+V3 = """
+ALTER TABLE items ADD COLUMN relabel INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

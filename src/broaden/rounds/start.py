@@ -2,7 +2,9 @@
 
 Order of effects, chosen so a crash at any point leaves a workspace the next command accepts:
 1. (only if the pool has no probabilities) write ``rounds/NNNN/pool.scored.parquet`` atomically;
-2. write ``rounds/NNNN/batch.parquet`` atomically — harmless if the round is never committed, since the
+2. (only with a relabelling strategy) write ``rounds/NNNN/pool-relabel/``: links to the pool's files plus
+   the labelled items that may be sent again, atomically;
+   write ``rounds/NNNN/batch.parquet`` atomically — harmless if the round is never committed, since the
    next start reuses the number and replaces the file;
 3. one ledger transaction records the round and all its items;
 4. write the annotator files; if the process dies before this, the next command re-creates them.
@@ -69,6 +71,9 @@ def round_start(ws: Workspace, pool: str | os.PathLike | None = None, *, budget:
         excluded = ws.excluded_keys(ledger)
         options = {"seed_threshold": cfg.seed_threshold, "k": cfg.k, "lookalike_threshold": cfg.lookalike_threshold,
                    "max_seeds": cfg.max_seeds, "discrepancy": cfg.discrepancy, **cfg.select_options}
+        if _relabels(strategy):  # labelled items may go out again: they join the pool, with their votes
+            pool, options["annotations"], again = _relabel_pool(ws, ledger, pool, number, version)
+            excluded = excluded - again
         allocation = None
         if is_auto(strategy):
             batch, reports = ws.select(pool, strategy, budget, exclude=sorted(excluded), seed=run_seed,
@@ -124,6 +129,70 @@ def _score_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: 
             writer.write(t.append_column(out_schema.field(cols.probs), io.matrix_to_list_array(probs)))
             advance(b.num_rows)
     return str(out), model["id"]
+
+
+def _relabels(strategy: str) -> bool:
+    from broaden.select import parse_spec
+    from broaden.select.registry import get_strategy
+
+    return not is_auto(strategy) and any(get_strategy(name).relabels for name, _ in parse_spec(strategy))
+
+
+def _relabel_pool(ws: Workspace, ledger: Ledger, pool: str, number: int, version: str
+                  ) -> tuple[str, pa.Table, set[str]]:
+    """(the pool plus the items that may be relabelled, their votes, their keys).
+
+    Candidates are the voted items of rounds no longer open, embedded in the pool's version, with the row of
+    the last round that sent them and fresh probabilities from the workspace's classifier (so new and
+    relabelled items are scored by one model). The combined pool is ``rounds/NNNN/pool-relabel/``: links to
+    the pool's files (nothing copied) and ``relabel.parquet``, cast to the pool's schema."""
+    from broaden.rounds.resolve import pooled_votes
+
+    cols = ws.config.cols
+    latest, rounds = pooled_votes(ledger.votes())
+    busy = ledger.open_keys()
+    versions = {r["round"]: r["embedding_version"] for r in ledger.rounds()}
+    again = sorted(k for k, voted in rounds.items() if k not in busy and versions[voted[-1]] == version)
+    votes = pa.table({"id": [k for k in again for _ in latest[k]], "annotator": [a for k in again for a in latest[k]],
+                      "label": pa.array([v for k in again for v in latest[k].values()], pa.int64())})
+    # An item the pool collected again is relabelled from its pool row; the others join from their batches.
+    in_pool = io.Pool.of(pool, cols).contains(np.asarray(again, dtype=str)) if again else np.zeros(0, bool)
+    by_round: dict[int, set[str]] = {}
+    for key, present in zip(again, in_pool):
+        if not present:
+            by_round.setdefault(rounds[key][-1], set()).add(key)
+    if not by_round:
+        return pool, votes, set(again)
+    schema = io.read_schema(pool)
+    parts = []
+    for rnd, keys in sorted(by_round.items()):
+        batch = ws.read_batch(rnd)
+        take = [i for i, k in enumerate(key_strings(batch.column(cols.id))) if k in keys]
+        parts.append(_pool_rows(batch.take(pa.array(take, pa.int64())), schema, cols))
+    rows = pa.concat_tables(parts)
+    model = ws.current_model(ledger)
+    if model is not None and model["embedding_version"] == version:
+        probs = np.asarray(ws.load_classifier(Path(model["path"])).predict_proba(matrix(rows, cols.embedding)))
+        rows = rows.set_column(rows.schema.get_field_index(cols.probs), schema.field(cols.probs),
+                               io.matrix_to_list_array(probs.astype(np.float32)).cast(schema.field(cols.probs).type))
+    with io.atomic_dir(ws.round_dir(number) / "pool-relabel") as tmp:
+        for i, f in enumerate(io.parquet_files(pool)):
+            os.symlink(Path(f).resolve(), tmp / f"pool-{i:05d}.parquet")
+        io.write_table(rows, tmp / "relabel.parquet")
+    return str(ws.round_dir(number) / "pool-relabel"), votes, set(again)
+
+
+def _pool_rows(batch: pa.Table, schema: pa.Schema, cols: io.Columns) -> pa.Table:
+    """Batch rows as rows of a pool with ``schema``: its columns (``pool_<name>`` where selection renamed one),
+    the label left empty (the votes are the labels), columns the batch lacks as nulls."""
+    arrays = []
+    for f in schema:
+        name = f.name if f.name in batch.column_names else f"pool_{f.name}"
+        if f.name == cols.label or name not in batch.column_names:
+            arrays.append(pa.nulls(batch.num_rows, f.type))
+        else:
+            arrays.append(batch.column(name).cast(f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _allocation_record(report: dict) -> dict:
@@ -184,9 +253,9 @@ def _item_records(batch: pa.Table, excluded: set[str], cols: io.Columns, pool: s
     if "seed_id" not in batch.column_names and "seed_ids" in batch.column_names:
         seed = [None if s is None else ",".join(map(str, s)) for s in column("seed_ids")]
     score, rank, strat = column("score"), column("rank"), column("strategy")
-    sim, lal = column("similarity"), column("lookalike_score")
+    sim, lal, again = column("similarity"), column("lookalike_score"), column("relabel")
     return [ItemRecord(k, strat[i], _num(score[i]), int(rank[i]), pred[i],
-                       None if seed[i] is None else str(seed[i]), _num(sim[i]), _num(lal[i]))
+                       None if seed[i] is None else str(seed[i]), _num(sim[i]), _num(lal[i]), bool(again[i]))
             for i, k in enumerate(keys)]
 
 

@@ -64,13 +64,15 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
     resolved = consensus.items
     open_numbers = {r["round"] for r in rounds if r["status"] == "open"}
     by_open: dict[int, list] = defaultdict(list)
-    per_round: dict[int, dict] = defaultdict(lambda: {"selected": 0, "labelled": 0, "tied": 0, "pending": 0})
+    per_round: dict[int, dict] = defaultdict(lambda: {"selected": 0, "relabel": 0, "labelled": 0, "tied": 0,
+                                                      "pending": 0})
     tally: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])  # (round, strategy) -> [labelled, bad]
     for it in items:
         if it["round"] in open_numbers:
             by_open[it["round"]].append(it)
         row = per_round[it["round"]]
         row["selected"] += 1
+        row["relabel"] += int(it["relabel"])  # labelled before, sent again for another vote
         res = resolved.get((it["item_key"], it["round"]))
         if res is None:
             row["pending"] += 1
@@ -157,6 +159,10 @@ def print_status(report: dict) -> None:
     print_table(f"rounds of {report['workspace']}",
                 ["round", "status", "strategy", "model", "emb. version", "selected", "labelled", "tied", "pending",
                  "AUC", "macro-F1", "MC loss"], rows, console=console, labels=5)
+    for r in report["rounds"]:
+        if r.get("relabel"):
+            console.print(f"round {r['round']}: {r['relabel']} of its items were labelled before and sent again "
+                          "for another vote (relabel)", highlight=False)
     pct = round(report["level"] * 100)
     for r in report["rounds"]:
         pending, tied = r.get("pending_items") or [], r.get("tied_items") or []

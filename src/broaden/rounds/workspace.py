@@ -251,8 +251,12 @@ class Workspace:
         resolved = self.resolve(ledger).items
         parts = []
         by_round: dict[int, dict[str, int]] = {}
-        for (key, rnd), res in resolved.items():
-            if res.label is not None:
+        # An item relabelled in a later round is one labelled item: its row from the round that first sent it
+        # (the probabilities it was first selected with are the out-of-sample ones).
+        first: set[str] = set()
+        for (key, rnd), res in sorted(resolved.items(), key=lambda kv: kv[0][1]):
+            if res.label is not None and key not in first:
+                first.add(key)
                 by_round.setdefault(rnd, {})[key] = res.label
         for rnd in sorted(by_round):
             batch = self.read_batch(rnd)
