@@ -337,7 +337,8 @@ def test_engine_is_not_shipped_to_workers(engine):
 
 @pytest.mark.slow
 def test_score_command_on_ray_equals_local(engine, tmp_path):
-    """``broaden score`` (tiny VLMAE model, audio + frames + text) through each engine, failures included."""
+    """``broaden score`` (tiny VLMAE model, audio + frames + text) through each engine, failures included, with
+    Monte Carlo dropout passes: their consistent masks make them independent of how Ray batches the items."""
     from broaden.models.score import score
 
     from broaden.io import read_table
@@ -359,12 +360,13 @@ def test_score_command_on_ray_equals_local(engine, tmp_path):
     train(run_config_from_dict({"out": str(tmp_path / "run"), "data": {"train": str(data / "b.parquet")},
                                 "model": model, "train": dict(batch_size=8, epochs=1, eval_fraction=0.25,
                                                               num_threads=1, audio_cache=str(tmp_path / "cache"))}))
-    want = score(tmp_path / "run", data, tmp_path / "local.parquet", batch_size=8, show_progress=False)
-    got = score(tmp_path / "run", data, tmp_path / "ray.parquet", batch_size=8, show_progress=False, engine=engine)
+    want = score(tmp_path / "run", data, tmp_path / "local.parquet", batch_size=8, show_progress=False, mc_dropout=3)
+    got = score(tmp_path / "run", data, tmp_path / "ray.parquet", batch_size=8, show_progress=False, engine=engine,
+                mc_dropout=3)
     assert (got.n_scored, got.n_failed) == (want.n_scored, want.n_failed) == (39, 1)
     a, b = read_table(tmp_path / "ray.parquet"), read_table(tmp_path / "local.parquet")
     assert a.schema == b.schema and a.column("id").equals(b.column("id"))
-    for col in ("probs", "embedding"):
+    for col in ("probs", "probs_m0", "probs_m1", "probs_m2", "embedding"):
         np.testing.assert_allclose(list_matrix(a.column(col)), list_matrix(b.column(col)), atol=1e-5)
     assert read_table(got.errors_path).equals(read_table(want.errors_path))
 

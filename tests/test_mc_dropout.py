@@ -1,6 +1,7 @@
 """`broaden score --mc-dropout N` (issue 17 item 2): N stochastic passes with only the dropout modules in
-train mode, seeded; their mean is `probs`; with dropout p = 0 every pass equals the deterministic scores.
-Tiny models (a 2-layer MoME config run, a tiny BERT text run) keep it fast."""
+train mode and consistent, seeded masks; their mean is `probs`; an item's passes do not depend on its batch;
+with dropout p = 0 every pass equals the deterministic scores. Tiny models (a 2-layer MoME config run, a tiny
+BERT text run) keep it fast."""
 from __future__ import annotations
 
 import random
@@ -20,7 +21,7 @@ from broaden.models.checkpoint import load_model
 from broaden.models.config import run_config_from_dict
 from broaden.models.data import Featurizer
 from broaden.models.inference import infer
-from broaden.models.mcdropout import dropout_active, mc_passes
+from broaden.models.mcdropout import dropout_active, mc_passes, positional_uniform
 from broaden.models.score import score
 from broaden.models.testing import WORDS, tiny_hf_encoder, tiny_tokenizer
 from broaden.models.train import train
@@ -60,7 +61,8 @@ def config_run(tmp_path_factory):
 
 
 def score_(root, out, **kw):
-    return pq.read_table(score(root / "run", root / "items.parquet", out, num_threads=1, batch_size=16, **kw).out)
+    kw = {"batch_size": 16, **kw}
+    return pq.read_table(score(root / "run", root / "items.parquet", out, num_threads=1, **kw).out)
 
 
 def test_passes_differ_their_mean_is_probs_and_the_embedding_is_deterministic(config_run, tmp_path):
@@ -82,18 +84,44 @@ def test_passes_differ_their_mean_is_probs_and_the_embedding_is_deterministic(co
     assert picked == [ids[i] for i in sorted(range(48), key=lambda i: (-scores[i], ids[i]))[:5]]
 
 
-def test_passes_are_deterministic_under_the_seed(config_run, tmp_path):
+def test_passes_are_deterministic_under_the_seed_and_independent_of_batching(config_run, tmp_path):
     a = score_(config_run, tmp_path / "a.parquet", mc_dropout=3, seed=7)
     b = score_(config_run, tmp_path / "b.parquet", mc_dropout=3, seed=7)
     c = score_(config_run, tmp_path / "c.parquet", mc_dropout=3, seed=8)
     assert a.equals(b)
     assert not np.allclose(members(a, 3), members(c, 3), atol=1e-4)
-    # each batch is seeded by (seed, its ids), not by what ran before it: the second batch of 16 scored on its
-    # own (in this process or on a Ray worker) gets the same passes
-    write_table(pq.read_table(config_run / "items.parquet").slice(16, 16), tmp_path / "second.parquet")
-    alone = pq.read_table(score(config_run / "run", tmp_path / "second.parquet", tmp_path / "d.parquet",
-                                num_threads=1, batch_size=16, mc_dropout=3, seed=7).out)
-    assert alone.equals(a.slice(16, 16))
+    # an item's passes depend on the seed and the item only: other batch sizes (other padding, other
+    # neighbours) and an item scored alone give the same numbers, up to float rounding
+    d = score_(config_run, tmp_path / "d.parquet", mc_dropout=3, seed=7, batch_size=7)
+    np.testing.assert_allclose(members(d, 3), members(a, 3), atol=1e-5)
+    write_table(pq.read_table(config_run / "items.parquet").slice(20, 1), tmp_path / "one.parquet")
+    alone = pq.read_table(score(config_run / "run", tmp_path / "one.parquet", tmp_path / "e.parquet",
+                                num_threads=1, mc_dropout=3, seed=7).out)
+    np.testing.assert_allclose(members(alone, 3), members(a, 3)[:, 20:21], atol=1e-5)
+
+
+def test_a_pass_is_one_network_for_every_item(config_run, tmp_path):
+    """Consistent MC dropout (Kirsch et al. 2019): the same text under two ids gets the same pass j."""
+    items = pq.read_table(config_run / "items.parquet").slice(0, 6)
+    twin = items.slice(0, 1).set_column(0, "id", pa.array(["twin"]))
+    write_table(pa.concat_tables([items, twin]), tmp_path / "twins.parquet")
+    t = pq.read_table(score(config_run / "run", tmp_path / "twins.parquet", tmp_path / "t.parquet", num_threads=1,
+                            mc_dropout=4, seed=2).out)
+    passes = members(t, 4)
+    np.testing.assert_allclose(passes[:, 0], passes[:, 6], atol=1e-6)
+    assert not np.allclose(passes[0, 0], passes[1, 0], atol=1e-4)
+
+
+def test_positional_masks():
+    """Each mask element depends on its position only, so padding a sequence leaves the shared part as it
+    was; the draws are uniform, so dropout keeps a share 1 − p of the units."""
+    big, small = positional_uniform((9, 40), 17), positional_uniform((4, 33), 17)
+    assert torch.equal(big[:4, :33], small)
+    assert not torch.equal(positional_uniform((9, 40), 18), big)
+    u = positional_uniform((500, 384), 3).numpy()
+    assert u.min() >= 0 and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+    assert abs((u < 0.7).mean() - 0.7) < 0.005
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01  # neighbours independent
 
 
 def test_with_dropout_zero_every_pass_equals_the_deterministic_scores(config_run):
@@ -133,6 +161,12 @@ def test_only_dropout_modules_train_and_modes_are_restored():
     with dropout_active(net):
         pass
     assert all(m.training for m in net.modules())
+
+
+def test_other_dropout_types_are_refused():
+    net = nn.Sequential(nn.Linear(4, 4), nn.AlphaDropout(0.2), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match="nn.Dropout only; the model's 1 is a AlphaDropout"):
+        mc_passes(net, lambda: net(torch.ones(2, 4)).detach().numpy(), 2, seed=0)
 
 
 @pytest.mark.parametrize("n", [1, -2, 2.5, True])

@@ -42,11 +42,11 @@ def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[
     """Featurise and score each slice in eval mode without gradients; bad rows come back as errors.
 
     ``mc_dropout`` = N ≥ 2 adds N Monte Carlo dropout passes per slice (:mod:`broaden.models.mcdropout`,
-    seeded by ``seed`` and the slice's ids): ``probs`` is then their mean, ``passes`` holds them, and the
+    consistent masks of ``seed``): ``probs`` is then their mean, ``passes`` holds them, and the
     embedding and attention still come from the deterministic pass. Probabilities are softmax(logits /
     ``temperature``) (temperature scaling, :mod:`broaden.calibration`), in every pass.
     """
-    from broaden.models.mcdropout import chunk_seed, mc_passes, mean_probs
+    from broaden.models.mcdropout import mc_passes, mean_probs
 
     model.eval()
     num_classes = model.config.num_classes
@@ -69,8 +69,6 @@ def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[
             emb = out.h_cls.float().cpu().numpy()
             att = _attention_lists(out.attention, out.audio_mask) if out.attention is not None else None
             if mc_dropout:
-                ids = table.column(featurizer.columns.id).take(pa.array(prepared.rows)).to_pylist()
-                passes = mc_passes(model, lambda: _probs(model(batch), temperature), mc_dropout,
-                                   chunk_seed(seed, ids), device)
+                passes = mc_passes(model, lambda: _probs(model(batch), temperature), mc_dropout, seed)
                 probs = mean_probs(passes)
         yield Scored(table, prepared.rows, probs, emb, att, prepared.errors, passes, logits)

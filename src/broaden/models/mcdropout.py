@@ -7,15 +7,18 @@ them as the committee columns ``probs_m0 … probs_m{N−1}`` (:meth:`broaden.io
 mean as ``probs``; the embedding always comes from the deterministic (eval) pass, so kNN neighbourhoods do
 not depend on the dropout noise.
 
-Dropout is drawn from torch's generator seeded per chunk of items by (``seed``, the chunk's ids): the passes
-are a pure function of the model, the seed and how the items are batched, in this process or on a Ray
-worker, and the caller's random state is left as it was.
+The masks are *consistent* (Kirsch et al. 2019, BatchBALD's consistent MC dropout): pass j drops the same
+units for every item, so it is one sampled sub-network θ_j applied to the whole pool, as a committee member
+is. Each mask element is a hash of (``seed``, pass, dropout module, call, the element's position without
+the batch dimension) — no random generator state — so an item's passes are a pure function of the model,
+the seed and the item: the same for any batch size, padding, file layout or engine (this process or Ray
+workers), and the caller's random state is never touched. Only ``nn.Dropout`` is sampled this way; a model
+with another active dropout type (``Dropout2d``, ``AlphaDropout``…) is refused rather than sampled wrongly.
 """
 from __future__ import annotations
 
 import contextlib
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,6 +26,9 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from broaden.errors import ConfigError
+
+_M1, _M2, _GOLDEN = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
 
 
 def check_passes(mc_dropout: int) -> int:
@@ -33,10 +39,57 @@ def check_passes(mc_dropout: int) -> int:
     return int(mc_dropout)
 
 
-def chunk_seed(seed: int, ids: Sequence) -> int:
-    """A 63-bit seed from (``seed``, the chunk's ids): stable across processes (no Python ``hash``)."""
-    digest = zlib.crc32("\x1f".join(map(str, ids)).encode("utf-8"))
-    return (int(seed) * 0x100000001B3 + digest) % 2**63
+def _mix(z: int) -> int:
+    """splitmix64 finaliser on a Python int (the key of one dropout call)."""
+    z = ((z ^ (z >> 30)) * _M1) & _MASK64
+    z = ((z ^ (z >> 27)) * _M2) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _key(*parts: int) -> int:
+    """One 64-bit key from several ints, order-sensitive ((1, 0) and (0, 1) differ)."""
+    h = _GOLDEN
+    for part in parts:
+        h = _mix((h + (int(part) & _MASK64)) & _MASK64)
+    return h
+
+
+def _signed(z: int) -> int:
+    return z - (1 << 64) if z >= 1 << 63 else z
+
+
+def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` copies the sign bit)."""
+    return (z >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix_tensor(z: torch.Tensor) -> torch.Tensor:
+    # int64 products wrap modulo 2^64, which is the uint64 arithmetic splitmix64 wants.
+    z = (z ^ _shr(z, 30)) * _signed(_M1)
+    z = (z ^ _shr(z, 27)) * _signed(_M2)
+    return z ^ _shr(z, 31)
+
+
+def positional_uniform(shape: tuple[int, ...], key: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uniform [0, 1) float32 numbers of ``shape`` where element (i, j, …) depends only on ``key`` and (i, j, …):
+    a tensor of a larger shape holds the same numbers at the positions the two share."""
+    h = torch.tensor(_signed(_mix(key)), dtype=torch.int64, device=device)
+    for dim, size in enumerate(shape):
+        coord = torch.arange(size, dtype=torch.int64, device=device).view(size, *([1] * (len(shape) - dim - 1)))
+        h = _mix_tensor(h ^ (coord + _signed(_mix(_GOLDEN * (dim + 1)))))
+    return _shr(h, 40).to(torch.float32) * 2.0**-24  # the top 24 bits: a float32's exact fraction
+
+
+def _active_dropout(model: nn.Module) -> list[nn.Dropout]:
+    """The dropout modules that train mode switches on (frozen parts stay off); other dropout types refused."""
+    found = []
+    for name, m in model.named_modules():
+        if isinstance(m, _DropoutNd) and m.training and m.p > 0:
+            if type(m) is not nn.Dropout:
+                raise ConfigError(f"mc_dropout= samples nn.Dropout only; the model's {name or 'root'} is a "
+                                  f"{type(m).__name__}")
+            found.append(m)
+    return found
 
 
 @contextlib.contextmanager
@@ -59,17 +112,43 @@ def dropout_active(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
 
 
-def mc_passes(model: nn.Module, forward: Callable[[], np.ndarray], n: int, seed: int,
-              device: str | torch.device = "cpu") -> np.ndarray:
-    """``forward()`` (class probabilities, (rows, C)) run ``n`` times with dropout on: (n, rows, C) float32.
+@contextlib.contextmanager
+def consistent_masks(modules: list[nn.Dropout], seed: int, pass_index: int) -> Iterator[None]:
+    """Pass ``pass_index``: each call of each module drops by :func:`positional_uniform` over the input's
+    non-batch dimensions, keyed by (seed, pass, module, call): the same units for every item of every batch."""
+    calls = [0] * len(modules)
 
-    The generator of ``device`` (and the CPU's) is forked, so seeding here never changes the caller's stream.
-    """
-    device = torch.device(device)
-    devices = [device] if device.type == "cuda" else []
-    with dropout_active(model), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return np.stack([np.asarray(forward(), dtype=np.float32) for _ in range(n)])
+    def patched(i: int, module: nn.Dropout) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            keep = 1.0 - module.p
+            key = _key(seed, pass_index, i, calls[i])
+            calls[i] += 1
+            if keep <= 0.0:
+                return torch.zeros_like(x)
+            mask = positional_uniform(tuple(x.shape[1:]), key, x.device) < keep
+            return x * mask.to(x.dtype) / keep
+
+        return forward
+
+    for i, m in enumerate(modules):
+        m.forward = patched(i, m)  # the instance attribute shadows nn.Dropout.forward for this pass only
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
+
+
+def mc_passes(model: nn.Module, forward: Callable[[], np.ndarray], n: int, seed: int) -> np.ndarray:
+    """``forward()`` (class probabilities, (rows, C)) run ``n`` times, pass j with the consistent dropout
+    masks of (``seed``, j): (n, rows, C) float32."""
+    out = []
+    with dropout_active(model):
+        modules = _active_dropout(model)
+        for j in range(n):
+            with consistent_masks(modules, seed, j):
+                out.append(np.asarray(forward(), dtype=np.float32))
+    return np.stack(out)
 
 
 def mean_probs(passes: np.ndarray) -> np.ndarray:
@@ -77,4 +156,4 @@ def mean_probs(passes: np.ndarray) -> np.ndarray:
     return passes.astype(np.float64).mean(axis=0).astype(np.float32)
 
 
-__all__ = ["check_passes", "chunk_seed", "dropout_active", "mc_passes", "mean_probs"]
+__all__ = ["check_passes", "consistent_masks", "dropout_active", "mc_passes", "mean_probs", "positional_uniform"]

@@ -412,7 +412,7 @@ class TextModel:
         else:
             probs, features = self.runner.run(streams[0])
             net, sample = self.network, lambda: self.runner.run(streams[0])[0]
-        passes = mc_passes(net, sample, mc_dropout, seed, self.device) if mc_dropout else None
+        passes = mc_passes(net, sample, mc_dropout, seed) if mc_dropout else None
         if passes is not None:
             probs = mean_probs(passes)
         if advance is not None:

@@ -69,7 +69,7 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
     """
     from broaden.calibration import temperature_metadata
     from broaden.models.fastinfer import CALIBRATION_ITEMS, bf16_hardware, choose_precision, default_threads
-    from broaden.models.mcdropout import check_passes, chunk_seed
+    from broaden.models.mcdropout import check_passes
     from broaden.models.text import torch_threads
     from broaden.models.textrun import TextModel
     from broaden.progress import track
@@ -132,9 +132,8 @@ def score_text(model, data: str | os.PathLike, out: str | os.PathLike, *, column
                 rows = good[start:start + window]
                 take = pa.array(rows)
                 part = {cols.id: id_array.take(take), cols.label: labels.take(take)}
-                probs, emb, passes = tm.predict_passes(
-                    [[s[i] for i in rows] for s in streams], mc_dropout,
-                    chunk_seed(seed, part[cols.id].to_pylist()) if mc_dropout else 0, bf16=bf16, advance=advance)
+                probs, emb, passes = tm.predict_passes([[s[i] for i in rows] for s in streams], mc_dropout, seed,
+                                                       bf16=bf16, advance=advance)
                 part.update({c: table.column(c).take(take) for c in carried})
                 part[cols.probs] = matrix_to_list_array(probs)
                 part.update({c: matrix_to_list_array(p) for c, p in zip(committee, passes if mc_dropout else ())})
