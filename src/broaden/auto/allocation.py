@@ -11,7 +11,8 @@ Thompson sampling (probability matching) over it:
 The prior is the error-clustering diagnostic: every arm starts at the mean of all measured values, LSB-LT
 shifted by √2·s0·Φ⁻¹(p0), so that before any measurement P(LSB-LT is best) = p0 and its share is the diagnostic's
 starting share (cluster 0.5, mixed / too few bad cases 0.2, isolated: the floor). ``s0`` is one round's
-typical standard error, so the prior weighs as much as one round: a measured difference has to stand out of
+typical standard error divided by √prior_weight, so the prior weighs as much as ``prior_weight`` rounds
+(default 2): a measured difference has to stand out of
 its own noise (about 2 se against an *isolated* prior) to move the budget, and noise alone leaves the
 diagnostic's shares in place instead of drifting to an even split. The floor keeps every estimate learning;
 the decay lets a pattern that has been learnt (the refit model catches up) move budget back. Seeded: the
@@ -27,6 +28,8 @@ import numpy as np
 
 ARMS = ("stat", "lsb-lt", "qbc", "hw")
 STAT_MIX = ("least_confident", "margin", "entropy")
+FLOOR = 0.05         # every arm keeps learning; in i.i.d. data even 10 % LSB-LT cost accuracy (BENCHMARKS.md)
+PRIOR_WEIGHT = 2.0   # the diagnostic weighs as much as two rounds of measured values
 START_LSB_SHARE = {"cluster": 0.5, "mixed": 0.2, "too-few": 0.2, "isolated": 0.0}
 
 
@@ -83,7 +86,7 @@ def _start_probability(verdict: str, floor: float, arms: int) -> float:
 
 
 def allocate(arms: Sequence[str], *, verdict: str | None = None, history: Sequence[Mapping] = (),
-             floor: float = 0.1, decay: float = 0.5, prior_weight: float = 1.0, draws: int = 4000,
+             floor: float = FLOOR, decay: float = 0.5, prior_weight: float = PRIOR_WEIGHT, draws: int = 4000,
              seed: int = 0) -> Allocation:
     """Shares of the next batch per arm (module docstring). ``history``: per past round, oldest first,
     ``{arm: value per item}`` or ``{arm: {"value": v, "se": se}}``; ``verdict``: the diagnostic's (cluster |

@@ -2,13 +2,14 @@
 
 Options (keyword arguments of ``broaden.select.select``): ``auto_history`` (per past round, oldest first,
 ``{arm: value per item}``, as ``round finish`` records them), ``auto_recent`` (ids of the latest labelled
-partition, for the diagnostic), ``auto_floor`` (0.1), ``auto_decay`` (0.5); ``seed_threshold`` and
+partition, for the diagnostic), ``auto_floor`` (0.05), ``auto_decay`` (0.5), ``auto_prior_weight`` (2: the diagnostic
+weighs as much as two rounds of measured values); ``seed_threshold`` and
 ``discrepancy`` are shared with LSB. The report (``select(..., return_details=True)["auto"]``) holds the
 allocation, its reasons and the diagnosis.
 """
 from __future__ import annotations
 
-from broaden.auto.allocation import allocate
+from broaden.auto.allocation import FLOOR, PRIOR_WEIGHT, allocate
 from broaden.auto.diagnosis import diagnose
 from broaden.select.registry import register_mix
 
@@ -26,8 +27,9 @@ def resolve_auto(labeled, options: dict, *, columns, seed: int = 0) -> tuple[dic
     if options.get("committee_cols"):
         arms.append("qbc")
     allocation = allocate(arms, verdict=diagnosis.verdict if diagnosis else None,
-                          history=options.get("auto_history") or (), floor=options.get("auto_floor", 0.1),
-                          decay=options.get("auto_decay", 0.5), seed=seed)
+                          history=options.get("auto_history") or (), floor=options.get("auto_floor", FLOOR),
+                          decay=options.get("auto_decay", 0.5),
+                          prior_weight=options.get("auto_prior_weight", PRIOR_WEIGHT), seed=seed)
     if diagnosis is not None:
         allocation.reasons.insert(0, diagnosis.reading)
     else:
@@ -36,4 +38,4 @@ def resolve_auto(labeled, options: dict, *, columns, seed: int = 0) -> tuple[dic
 
 
 register_mix(AUTO, resolve_auto, options=("auto_history", "auto_recent", "auto_floor", "auto_decay",
-                                           "seed_threshold", "discrepancy", "committee_cols"))
+                                           "auto_prior_weight", "seed_threshold", "discrepancy", "committee_cols"))
