@@ -7,6 +7,11 @@ id asc) and writes the top rows; the two selections must contain the same ids (c
 least 3× faster than the baseline, peak RSS under 1.5 GB. HW batch mining of the same budget is timed too
 (informational).
 
+Diversity (issue 17, ``--diverse``): the same pool with an ``embedding`` column (``--dim`` floats per row,
+drawn around 1,000 centers) is generated beside it; plain ``entropy`` and each diverse strategy
+(default ``diverse(entropy)`` and ``coreset``, each with its top-10·budget candidate pre-filter) select the
+same budget from it, and their wall time and peak RSS are printed as ratios to that entropy run.
+
 The pool (10 Parquet files × 1M rows: ``id`` int64, ``label`` all null, ``probs`` list<float32>[4]) is
 generated once, deterministically, under $BROADEN_BENCH_DIR (default /tmp/broaden-bench) and reused.
 
@@ -65,6 +70,26 @@ def generate(rows: int) -> Path:
     return cached(ROOT / f"select-pool-{rows}", spec, write)
 
 
+def generate_embedded(rows: int, dim: int) -> Path:
+    """The pool of :func:`generate` (same ids and probabilities) plus an ``embedding`` column: float32
+    vectors around 1,000 random centers, so a batch can be spread over clusters or not."""
+    spec = {"rows": rows, "classes": CLASSES, "files": FILES, "dim": dim, "version": 1}
+    source = generate(rows)
+
+    def write(folder: Path) -> None:
+        centers = np.random.default_rng(2025).normal(size=(1000, dim)).astype(np.float32) * 3
+        for i, f in enumerate(sorted(source.glob("*.parquet"))):
+            table = pq.read_table(f)
+            rng = np.random.default_rng([i, 2025])
+            n = table.num_rows
+            emb = centers[rng.integers(0, len(centers), n)] + rng.normal(size=(n, dim)).astype(np.float32)
+            offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+            table = table.append_column("embedding", pa.ListArray.from_arrays(offsets, pa.array(emb.ravel())))
+            pq.write_table(table, folder / f.name, compression="zstd")
+
+    return cached(ROOT / f"select-pool-emb-{rows}-{dim}", spec, write)
+
+
 def measure(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one subprocess, from /usr/bin/time."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
@@ -80,6 +105,10 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=100_000)
     ap.add_argument("--hw", action=argparse.BooleanOptionalAction, default=True,
                     help="also time HW batch mining of the same budget (informational; no baseline)")
+    ap.add_argument("--diverse", default="diverse(entropy),coreset",
+                    help="diverse strategies timed against plain entropy on the pool with embeddings "
+                    "(comma-separated; '' to skip; default %(default)s)")
+    ap.add_argument("--dim", type=int, default=32, help="embedding dimension of that pool (%(default)s)")
     args = ap.parse_args()
     pool = generate(args.rows)
     out_dir = ROOT / "select-out"
@@ -106,6 +135,22 @@ def main() -> int:
         hw = measure([sys.executable, "-m", "broaden", "select", str(pool), "--strategy", "hw", "--budget",
                       str(args.budget), "--easy-share", "0.2", "--skip-top", "0.01", "--out", str(out_dir / "hw.parquet")])
         print(f"broaden select --strategy hw (easy 20 %, skip top 1 %) wall {hw[0]:7.2f} s   peak RSS {hw[1]:8.0f} MB")
+    diverse = [s.strip() for s in args.diverse.split(",") if s.strip()]
+    if diverse:
+        embedded = generate_embedded(args.rows, args.dim)
+        print(f"diversity: the same pool with {args.dim}-d embeddings; budget {args.budget:,}, "
+              f"candidates 10 × budget")
+
+        def run(strategy: str) -> tuple[float, float]:
+            return measure([sys.executable, "-m", "broaden", "select", str(embedded), "--strategy", strategy,
+                            "--budget", str(args.budget), "--out", str(out_dir / "diverse.parquet")])
+
+        plain = run("entropy")
+        print(f"  {'entropy':<18} wall {plain[0]:7.2f} s   peak RSS {plain[1]:8.0f} MB")
+        for strategy in diverse:
+            t, rss = run(strategy)
+            print(f"  {strategy:<18} wall {t:7.2f} s   peak RSS {rss:8.0f} MB   "
+                  f"({t / plain[0]:.2f}x the time, {rss / plain[1]:.2f}x the peak RSS of entropy)")
     return 0 if same_set else 1
 
 

@@ -20,7 +20,12 @@ OPTIONS = {
     "--easy-source": ("easy_source", str, "hw: 'band' (default) or a weaker model's probability column"),
     "--easy-band": ("easy_band", str, "hw: normalised-entropy band 'lo,hi' for easy items (0.2,0.6)"),
     "--skip-top": ("skip_top", float, "hw: skip this fraction of each class's most ambiguous items (0)"),
-    "--uncertainty": ("uncertainty", str, "hw: entropy (default), margin or least_confident"),
+    "--uncertainty": ("uncertainty", str, "hw, coreset, badge: the uncertainty score that ranks (hw) or "
+                      "pre-filters the candidates: entropy (default), margin or least_confident"),
+    "--candidate-factor": ("candidate_factor", float, "coreset, badge, cluster_margin, typiclust, diverse(...): "
+                           "keep this many times the share as candidates before the diversity step (10)"),
+    "--n-clusters": ("n_clusters", int, "cluster_margin, typiclust: k-means clusters of the candidates "
+                     "(default min(share, 1000); typiclust adds the labelled items)"),
     "--dirty-bound": ("dirty_bound", float, "hw + --labeled: relabel the worst suspected mislabels until "
                       "at most this share of the labelled set is suspect"),
     "--max-seeds": ("max_seeds", int, "lsb: at most this many seed bad cases (1000; --seeds is the old name)"),
@@ -32,7 +37,7 @@ OPTIONS = {
     "--rank-by": ("rank_by", str, "lsb: similarity (lsb's default), lookalike (lsb-lt's default) or nearest "
                   "(every seed's 1st neighbour, then every 2nd, ...)"),
     "--index": ("index", str, "lsb: kNN index auto|flat|ivf|hnsw|ivfpq (auto)"),
-    "--metric": ("metric", str, "lsb: cosine (default) or l2"),
+    "--metric": ("metric", str, "lsb, coreset, cluster_margin, typiclust, diverse(...): cosine (default) or l2"),
     "--target-recall": ("target_recall", float, "lsb: recall@k an approximate index is calibrated to (0.95)"),
     "--memory-gb": ("memory_gb", float, "lsb: memory budget for the index (8)"),
     "--index-dir": ("index_dir", str, "lsb: where saved indexes live (default beside the pool)"),
@@ -47,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "select", help="choose the next items to label from a scored pool",
         description="Choose BUDGET pool items with one strategy or a mix such as "
         "'entropy:0.6,margin:0.2,random:0.2'. Strategies: random, least_confident, margin, entropy, qbc, bald, "
-        "activelab, hw, lsb, lsb-lt (the last two need --labeled); 'auto' lets the error-clustering diagnostic of "
+        "activelab, hw, lsb, lsb-lt (the last two need --labeled), the diverse batches coreset, badge, "
+        "cluster_margin, typiclust and 'diverse(STRATEGY)' (any strategy's top candidates re-ranked for coverage; "
+        "quote it in a shell; docs/diversity.md); 'auto' lets the error-clustering diagnostic of "
         "--labeled choose the shares of Stat-AL and LSB-LT (docs/auto.md). Pool rows that already carry a label "
         "(non-null, non-negative label column) are skipped, like --exclude ids, except that activelab may send the "
         "rows named in --annotations again (relabel).",
@@ -58,12 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output Parquet file (written atomically)")
     p.add_argument("--exclude", help="ids to skip: text file (one per line) or Parquet/CSV with an id column")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--labeled", help="labelled scored table (needed by lsb, lsb-lt; used by hw)")
+    p.add_argument("--labeled", help="labelled scored table (needed by lsb, lsb-lt; used by hw, coreset, typiclust)")
     p.add_argument("--batch-size", type=int, default=65_536, help="rows per streamed record batch")
     add_column_flags(p)
     add_engine_flags(p)
-    g = p.add_argument_group("strategy options (qbc, bald, activelab, hw, lsb/lsb-lt); unset ones keep the API "
-                             "defaults")
+    g = p.add_argument_group("strategy options (qbc, bald, activelab, hw, lsb/lsb-lt, diverse batches); unset ones "
+                             "keep the API defaults")
     for flag, (name, typ, text) in OPTIONS.items():
         g.add_argument(flag, *OLD_FLAGS.get(flag, ()), dest=name, type=typ, help=text)
     g.add_argument("--denoise-seeds", dest="denoise", action="store_const", const=True,

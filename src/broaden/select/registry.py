@@ -5,12 +5,15 @@ first, and optionally ``details``: a pa.Table with one row per returned id holdi
 that ``select`` copies into its output (LSB reports the seed, rank, similarity and lookalike score). Built-in strategies register on import of :mod:`broaden.select.strategies`; LSB strategies
 (``lsb``, ``lsb-lt``) live in ``broaden.lsb.strategy`` and are imported the first time a name is not
 found, so selection never imports LSB at module load (no import cycle). A name may also stand for a
-whole mix resolved from the run's data (``auto``, :mod:`broaden.auto.strategy`): :func:`register_mix`.
+whole mix resolved from the run's data (``auto``, :mod:`broaden.auto.strategy`): :func:`register_mix`. A
+*wrapper* turns any strategy into another, named ``wrapper(inner)`` (``diverse(entropy)``,
+:mod:`broaden.select.diversity`): :func:`register_wrapper`.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +29,7 @@ from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns
 StrategyFn = Callable[["str | os.PathLike | pa.Table", int, "SelectContext"], tuple[np.ndarray, np.ndarray]]
 # Modules that register strategies on import; tried in order when a name is unknown.
 PLUGIN_MODULES = ("broaden.select.strategies", "broaden.select.hw", "broaden.select.activelab", "broaden.lsb.strategy",
-                  "broaden.auto.strategy")
+                  "broaden.auto.strategy", "broaden.select.diversity")
 #: ``resolve(labeled, options, *, columns, seed) -> (mix spec, report)`` for a name that stands for a mix.
 MixResolver = Callable[..., tuple[Any, Any]]
 
@@ -70,6 +73,9 @@ class Strategy:
 _REGISTRY: dict[str, Strategy] = {}
 _MIXES: dict[str, MixResolver] = {}
 _MIX_OPTIONS: dict[str, tuple[str, ...]] = {}
+#: name → (``wrap(inner Strategy) -> StrategyFn``, the option names the wrapper reads)
+_WRAPPERS: dict[str, tuple[Callable[[Strategy], StrategyFn], tuple[str, ...]]] = {}
+_WRAPPED = re.compile(r"([\w-]+)\((.+)\)")
 #: Options every strategy may be given.
 COMMON_OPTIONS = ("show_progress",)
 
@@ -92,7 +98,8 @@ def check_options(options: dict) -> None:
     if any(s.options is None for s in _REGISTRY.values()):
         return  # a plugin that does not declare its options may read any
     accepted = {*COMMON_OPTIONS, *(o for s in _REGISTRY.values() for o in s.options),
-                *(o for opts in _MIX_OPTIONS.values() for o in opts)}
+                *(o for opts in _MIX_OPTIONS.values() for o in opts),
+                *(o for _, opts in _WRAPPERS.values() for o in opts)}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise SelectionError(f"unknown strategy option(s) {', '.join(map(repr, unknown))}; accepted: "
@@ -105,6 +112,23 @@ def register_mix(name: str, resolve: MixResolver, options: tuple[str, ...] = ())
     _MIXES[name] = resolve
     _MIX_OPTIONS[name] = tuple(options)
     return resolve
+
+
+def register_wrapper(name: str, wrap: Callable[[Strategy], StrategyFn], options: tuple[str, ...] = ()) -> None:
+    """Make ``--strategy 'name(inner)'`` run ``wrap(get_strategy(inner))`` for any registered ``inner``;
+    the wrapped strategy reads ``options`` besides the inner one's and needs the labelled set when it does."""
+    _WRAPPERS[name] = (wrap, tuple(options))
+
+
+def _wrapped(name: str) -> Strategy | None:
+    """The strategy ``wrapper(inner)`` stands for, or None when ``name`` is not of that form."""
+    m = _WRAPPED.fullmatch(name.strip())
+    if m is None or m.group(1) not in _WRAPPERS:
+        return None
+    wrap, options = _WRAPPERS[m.group(1)]
+    inner = get_strategy(m.group(2).strip())
+    return Strategy(name.strip(), wrap(inner), inner.needs_labeled,
+                    None if inner.options is None else (*inner.options, *options))
 
 
 def get_mix(name: str) -> MixResolver | None:
@@ -133,8 +157,12 @@ def get_strategy(name: str) -> Strategy:
     if name not in _REGISTRY:
         _load_plugins()
     if name not in _REGISTRY:
+        wrapped = _wrapped(name)
+        if wrapped is not None:
+            return wrapped
+        wrappers = "".join(f", {w}(STRATEGY)" for w in sorted(_WRAPPERS))
         raise SelectionError(
-            f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}"
+            f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY)) or 'none'}{wrappers}"
         )
     return _REGISTRY[name]
 
