@@ -244,9 +244,7 @@ def test_no_package_binds_a_submodule_name_to_anything_else():
                     if (isinstance(key, ast.Constant) and key.value in children
                             and not (isinstance(value, ast.Constant) and value.value == f"{package}.{key.value}")):
                         bad.append(f"{package}.{key.value} -> {ast.unparse(value)} (lazy export)")
-    # Known, still to rename (issue 15): `import broaden.rounds.status as s` gives the function.
-    known = {"broaden.rounds.status -> broaden.rounds.api.status"}
-    assert not set(bad) - known, "names of submodules bound to something else: " + "; ".join(sorted(set(bad) - known))
+    assert not bad, "names of submodules bound to something else: " + "; ".join(sorted(set(bad)))
 
 
 def test_the_shadowing_names_of_issue_15_are_gone():

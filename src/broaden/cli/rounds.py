@@ -200,7 +200,7 @@ def run_finish(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     from broaden.rounds import status
-    from broaden.rounds.status import print_status
+    from broaden.rounds.overview import print_status
 
     report = status(args.workspace)
     if args.json:

@@ -27,7 +27,7 @@ from broaden.rounds.finish import RoundFinish
 from broaden.rounds.finish import round_finish as _round_finish
 from broaden.rounds.start import RoundStart
 from broaden.rounds.start import round_start as _round_start
-from broaden.rounds.status import status as _status
+from broaden.rounds.overview import status as _status
 from broaden.rounds.workspace import Workspace, refuse_eval_ids, table_keys
 
 PATH_SETTINGS = ("pool", "labeled", "eval", "model")

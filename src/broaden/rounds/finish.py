@@ -16,7 +16,7 @@ from broaden import io
 from broaden.metrics import evaluate, to_jsonable
 from broaden.rounds.ledger import fault_point
 from broaden.rounds.values import round_values
-from broaden.rounds.status import describe_open, open_items
+from broaden.rounds.overview import describe_open, open_items
 from broaden.rounds.stopset import stop_set_predictions
 from broaden.rounds.workspace import (
     Workspace, WorkspaceError, embedding_version, matrix, model_id, refuse_eval_ids,
