@@ -206,3 +206,31 @@ def test_the_refit_control_is_a_second_reference(drift_run):
     b = results["table2"]["Stat-AL (refit)"]["s_accuracy"]["values"]
     assert vs["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
     assert vs["n"] == len(a) and "Stat-AL (refit)" not in by_ref["Stat-AL (refit)"]
+
+
+def test_diversity_and_bald_groups_run_through_select(tmp_path):
+    """Issue 17 groups: each spends the budget with its own strategy; coreset's picks lie farther from the
+    labelled set (in the latent it covers) than uncertainty sampling's, BADGE/cluster-margin/diverse spread
+    over more planted clusters than entropy alone."""
+    data = planted(n=1500)
+    groups = ["Stat-AL", "BALD", "Coreset", "BADGE", "Cluster-Margin", "Diverse(entropy)", "TypiClust"]
+    res = simulate(data, out=tmp_path, budget=60, initial=200, rounds=1, repeats=1, classifier=CLF, groups=groups,
+                   print_results=False, show_progress=False)
+    assert set(res["groups"]) == set(groups)
+    sel = pq.read_table(tmp_path / "repeats/repeat-000/selections.parquet").to_pandas()
+    init = pq.read_table(tmp_path / "repeats/repeat-000/initial.parquet").to_pandas()
+    expected = {"BALD": {"bald"}, "Coreset": {"coreset"}, "BADGE": {"badge"}, "Cluster-Margin": {"cluster_margin"},
+                "Diverse(entropy)": {"diverse(entropy)"}, "TypiClust": {"typiclust"}}
+    row = {i: r for r, i in enumerate(data.ids)}
+    X = data.features / np.linalg.norm(data.features, axis=1, keepdims=True)
+    labeled = X[[row[i] for i in init.id]]
+    def min_dist(g):  # mean cosine distance of a group's picks to the nearest labelled item (input space)
+        picks = X[[row[i] for i in sel[sel.group == g].id]]
+        return float((1 - (picks @ labeled.T).max(axis=1)).mean())
+    def clusters(g):
+        return len(set(data.cluster[[row[i] for i in sel[sel.group == g].id]]))
+    for g, names in expected.items():
+        picked = sel[sel.group == g]
+        assert len(picked) == 60 and set(picked.strategy) == names, g
+    assert min_dist("Coreset") > min_dist("Stat-AL")
+    assert max(clusters(g) for g in ("BADGE", "Cluster-Margin", "Diverse(entropy)")) >= clusters("Stat-AL")

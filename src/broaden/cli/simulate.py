@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
                    "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5); 'Auto' "
-                   "lets --strategy auto choose the mix each round")
+                   "lets --strategy auto choose the mix each round; BALD, Coreset, BADGE, Cluster-Margin, "
+                   "Diverse(entropy), TypiClust run those strategies (docs/diversity.md)")
     p.add_argument("--pool-size", type=int, default=None, help="subsample the pool per repeat")
     p.add_argument("--max-items", type=int, default=None, help="stratified subsample of the dataset")
     p.add_argument("--encoder", default=None, help="local HF text encoder folder (default all-MiniLM-L6-v2)")

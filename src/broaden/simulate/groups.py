@@ -24,7 +24,10 @@ class GroupError(BroadenError, ValueError):
 class GroupSpec:
     """How one group spends its budget.
 
-    ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round). LSB groups take ``lsb_share`` of the budget from broadening
+    ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round) | mix
+    (the ``broaden select`` mix in ``mix``: diversity and committee strategies, issue 17; the pool carries
+    the ``latent`` embedding and bootstrap-committee columns, the labelled set its embeddings). LSB groups
+    take ``lsb_share`` of the budget from broadening
     (``lookalike``: keep only neighbours with LT score > τ2) and fill the rest with Stat-AL. ``latent``:
     ``tuned`` = the classifier's hidden layer, ``frozen`` = the encoder output, ``finetuned`` = the [CLS]
     state of an encoder fine-tuned per repeat (the whole repeat then runs on it: :mod:`.finetune`).
@@ -42,9 +45,12 @@ class GroupSpec:
     rank_by: str = "nearest"
     refit: bool = False               # select with the snapshot refit on the recent labelled batch
     lsb_share: float | None = None    # this group's LSB share (None: the run's --lsb-share)
+    mix: str | None = None            # kind "mix": the select() mix it runs
 
 
 BASE_ORDER = ("Random", "Stat-AL", "Stat-AL+LSB", "Stat-AL+LSB-LT", "HW", "QBC")
+MIX_GROUPS = {"BALD": "bald", "Coreset": "coreset", "BADGE": "badge", "Cluster-Margin": "cluster_margin",
+              "Diverse(entropy)": "diverse(entropy)", "TypiClust": "typiclust"}
 VARIANTS = ("frozen", "tuned", "nominal", "ordinal", "denoised", "lt-ranked")
 
 
@@ -82,7 +88,8 @@ def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
         if stem.endswith(REFIT_SUFFIX):
             refit, stem = True, stem[:-len(REFIT_SUFFIX)].rstrip()
     if stem not in base:
-        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, optionally with "
+        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, "
+                         f"{', '.join(MIX_GROUPS)}, optionally with "
                          f"'{REFIT_SUFFIX}' (not for Random) or '@SHARE' (LSB groups only)")
     spec = base[stem]
     if share is not None and spec.kind != "lsb":
@@ -120,6 +127,9 @@ def build_groups(
         "QBC": GroupSpec("QBC", "qbc"),
         # Not in the default list: it holds out a validation sample from the pool to measure values on.
         "Auto": GroupSpec("Auto", "auto", lookalike=True, latent=latent, denoise=denoise),
+        # Diverse batches and epistemic uncertainty (issue 17), on the classifier's hidden layer (the input of
+        # its last layer, where BADGE's gradient embedding is exact).
+        **{name: GroupSpec(name, "mix", latent="tuned", mix=mix) for name, mix in MIX_GROUPS.items()},
     }
     names = list(BASE_ORDER) if include is None else list(include)
     if REFERENCE_GROUP not in names:

@@ -160,6 +160,11 @@ class Snapshot:
             t = t.append_column(name, arr)
         return t
 
+    def labeled_embeddings(self, latent: str) -> pa.Table:
+        """Every labelled row with its embedding: the centers coreset and TypiClust cover from."""
+        rows = self.labeled
+        return make_scored_table(rows.astype(np.int64), None, self.latent(latent, rows), self.run.given[rows])
+
     def labeled_table(self, latent: str) -> pa.Table:
         """What LSB seeds and fits the Lookalike model on (class docstring)."""
         rows, probs = ((self.labeled, self.labeled_oof_probs) if self.recent is None
@@ -245,6 +250,13 @@ class RepeatRun:
         elif spec.kind == "lsb":
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = self._lsb_mix(spec)
+        elif spec.kind == "mix":
+            committee = "bald" in spec.mix or "qbc" in spec.mix
+            pool = snap.pool_table(latent=spec.latent, committee=committee)
+            labeled = snap.labeled_embeddings(spec.latent)
+            mix = spec.mix
+            if committee:
+                options = {"committee_cols": [f"probs_m{i}" for i in range(self.cfg.qbc_members)]}
         elif spec.kind == "auto":
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = "auto", {**self._lsb_mix(spec)[1], "auto_history": self.auto_history[spec.name]}
