@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The `broaden simulate` runs behind BENCHMARKS.md (paper Tables 1-2 protocol).
 # Usage: benchmarks/run_simulations.sh [OUT_ROOT] [SECTION ...]
-#   OUT_ROOT defaults to runs/simulate; SECTION is any of: main rounds noise sweep (default: all four).
+#   OUT_ROOT defaults to runs/simulate; SECTION is any of: main rounds noise sweep peers (default: all five).
 # Every run holds /tmp/broaden-heavy.lock so it never overlaps other heavy jobs on a shared machine, and is
-# resumable: re-running skips finished repeats. Needs BROADEN_DATA_DIR (the Makefile sets it).
+# resumable: re-running skips finished repeats. Data: BROADEN_DATA_DIR, else ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_ROOT=${1:-runs/simulate}
 shift || true
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(main rounds noise sweep)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(main rounds noise sweep peers)
 BROADEN=${BROADEN:-.venv/bin/broaden}
+export BROADEN_DATA_DIR=${BROADEN_DATA_DIR:-$(cd .. && pwd)/shared/data}  # as the Makefile: ../shared/data
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAME
   local name=$1; shift
@@ -38,6 +40,11 @@ for section in "${SECTIONS[@]}"; do
         sim "ag_news-sweep-$tag" --dataset ag_news --budget 1000 --initial 1000 --repeats 3 \
           --groups Stat-AL,Stat-AL+LSB-LT $args
       done ;;
-    *) echo "unknown section $section (main rounds noise sweep)" >&2; exit 2 ;;
+    peers)  # what the peer libraries ship (issue 17): diverse batches and BALD next to Stat-AL and QBC, K = 5.
+      for ds in clickbait ag_news crowdflower_search_relevance; do
+        sim "$ds-peers" --dataset "$ds" --budget 1000 --initial 1000 --rounds 1 --repeats 5 \
+          --groups "Random,Stat-AL,QBC,BALD,Coreset,BADGE,Cluster-Margin,Diverse(entropy)"
+      done ;;
+    *) echo "unknown section $section (main rounds noise sweep peers)" >&2; exit 2 ;;
   esac
 done
