@@ -2,7 +2,7 @@
 # The `broaden simulate` runs behind BENCHMARKS.md (paper Tables 1-2 protocol).
 # Usage: benchmarks/run_simulations.sh [OUT_ROOT] [SECTION ...]
 #   OUT_ROOT defaults to runs/simulate; SECTION is any of: main rounds noise sweep peers (default: all five).
-# Every run holds /tmp/broaden-heavy.lock so it never overlaps other heavy jobs on a shared machine, and is
+# Every run holds $LOCK (default /tmp/broaden-heavy.lock) so it never overlaps other heavy jobs on a shared machine, and is
 # resumable: re-running skips finished repeats. Data: BROADEN_DATA_DIR, else ../shared/data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ shift || true
 SECTIONS=("$@")
 [ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(main rounds noise sweep peers)
 BROADEN=${BROADEN:-.venv/bin/broaden}
+LOCK=${LOCK:-/tmp/broaden-heavy.lock}  # another lock file lets two runs share a machine with free cores
 export BROADEN_DATA_DIR=${BROADEN_DATA_DIR:-$(cd .. && pwd)/shared/data}  # as the Makefile: ../shared/data
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
@@ -18,7 +19,7 @@ sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAM
   local name=$1; shift
   echo "== $name: broaden simulate $* --out $OUT_ROOT/$name"
   /usr/bin/time -f "$name: %e s wall, %U s user, %M KB peak RSS" \
-    flock /tmp/broaden-heavy.lock "$BROADEN" simulate "$@" --out "$OUT_ROOT/$name"
+    flock "$LOCK" "$BROADEN" simulate "$@" --out "$OUT_ROOT/$name"
 }
 
 for section in "${SECTIONS[@]}"; do
