@@ -28,6 +28,8 @@ _BLOCK = 1024
 _MIN_GROUPED = 4096
 #: Most groups: finer groups skip more, but each pick tests every group (measured best at 1M × 100k picks).
 _MAX_GROUPS = 4096
+#: The grouping k-means: any partition keeps the picks exact, a rough one is enough to skip most groups.
+_GROUPING = {"niter": 4, "max_points_per_centroid": 16, "init": "random"}
 #: Rows per chunk of the exact float64 distance computations (bounds the temporary memory).
 _CHUNK = 32_768
 
@@ -131,13 +133,15 @@ class _Points:
         return np.maximum(out, 0.0)
 
     def group(self, n_groups: int, seed: int) -> np.ndarray:
-        centroids, assign = kmeans(self.x, n_groups, seed=seed, niter=5, max_points_per_centroid=64, init="random")
+        centroids, assign = kmeans(self.x, n_groups, seed=seed, **_GROUPING)
         self.pivots = centroids.astype(np.float64)
+        self.npiv = np.einsum("gd,gd->g", self.pivots, self.pivots)
         return assign
 
     def pivot_dist(self, c: int) -> np.ndarray:
-        diff = self.pivots - self.x[c].astype(np.float64)
-        return np.sqrt(np.einsum("gd,gd->g", diff, diff))
+        # The norm expansion (a matrix-vector product) is off by far less than _Farthest's slack.
+        d2 = self.npiv + self.nx[c] - 2.0 * (self.pivots @ self.x[c].astype(np.float64))
+        return np.sqrt(np.maximum(d2, 0.0))
 
     def radii(self, idx: np.ndarray, g: int) -> np.ndarray:
         diff = self.x[idx].astype(np.float64) - self.pivots[g]
@@ -177,8 +181,8 @@ class _RankOne:
         # (k-means cluster of a, which also separates the predicted classes, k-means cluster of e).
         C = self.a.shape[1]
         ka = max(1, min(int(math.sqrt(n_groups)), 4 * C))
-        _, on_a = kmeans(self.a, ka, seed=seed, niter=5, max_points_per_centroid=64, init="random")
-        _, on_e = kmeans(self.e, max(1, n_groups // ka), seed=seed, niter=5, max_points_per_centroid=64, init="random")
+        _, on_a = kmeans(self.a, ka, seed=seed, **_GROUPING)
+        _, on_e = kmeans(self.e, max(1, n_groups // ka), seed=seed, **_GROUPING)
         _, assign = np.unique(on_a * (int(on_e.max()) + 1) + on_e, return_inverse=True)
         G = int(assign.max()) + 1
         self.pu, self.pv = np.zeros((G, C)), np.zeros((G, self.e.shape[1]))

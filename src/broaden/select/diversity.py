@@ -140,11 +140,17 @@ def candidate_embeddings(pool, ids: np.ndarray, ctx: SelectContext, *, probs: bo
                             batch_size=ctx.batch_size, description="reading the candidates' embeddings")
     if not parts:
         return np.zeros((0, 0), np.float32), (np.zeros((0, 0)) if probs else None)
-    found = np.concatenate([k for k, _, _ in parts])
-    order = np.argsort(found, kind="stable")
-    pos = order[np.searchsorted(found[order], ids)]
-    emb = np.concatenate([e for _, e, _ in parts])[pos]
-    return emb, (np.concatenate([p for _, _, p in parts])[pos] if probs else None)
+    # Each part straight to its rows (no concatenated copy: the candidates' embeddings are the memory here).
+    order = np.argsort(ids, kind="stable")
+    emb = np.empty((len(ids), parts[0][1].shape[1]), np.float32)
+    prob = np.empty((len(ids), parts[0][2].shape[1])) if probs else None
+    while parts:
+        keys, e, p = parts.pop()
+        pos = order[np.searchsorted(ids[order], keys)]
+        emb[pos] = e
+        if probs:
+            prob[pos] = p
+    return emb, prob
 
 
 def _labelled_embeddings(ctx: SelectContext, dim: int, name: str) -> np.ndarray | None:
@@ -165,8 +171,12 @@ def _in_metric(x: np.ndarray | None, metric: str) -> np.ndarray | None:
     """Embeddings as the metric sees them: unit rows for cosine (‖u − v‖² = 2 − 2 cos), as given for l2."""
     if x is None or metric == "l2":
         return x
-    norm = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
-    return (x / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+    out = np.empty_like(x, dtype=np.float32)
+    for s in range(0, len(x), 65_536):  # in chunks: no float64 copy of all candidates
+        chunk = x[s:s + 65_536].astype(np.float64)
+        norm = np.sqrt(np.einsum("nd,nd->n", chunk, chunk))[:, None]
+        out[s:s + 65_536] = chunk / np.where(norm > 0, norm, 1.0)
+    return out
 
 
 def _metric_distance(l2: np.ndarray, metric: str) -> np.ndarray:
