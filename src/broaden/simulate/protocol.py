@@ -51,7 +51,7 @@ class SimConfig:
     seed: int = 0
     label_noise: float = 0.0
     confusion: list | None = None
-    seeds: int | None = None          # cap N on the seed count (None: every bad case)
+    seeds: int | None = 1000          # cap N on the seed count (None: every bad case); simulate()'s max_seeds
     seed_threshold: float = 0.5       # τ1
     k: int = 10
     lookalike_threshold: float = 0.5  # τ2
