@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="oracle error rate: a wrong class uniformly at random (test split stays clean)")
     noise.add_argument("--confusion", default=None, metavar="JSON",
                        help="oracle confusion matrix, rows = true class: P(answer | true class)")
+    p.add_argument("--annotators", type=int, default=1, metavar="N",
+                   help="independent noisy annotators (%(default)s), each with --label-noise / --confusion: every "
+                   "group gets one vote per item; the ActiveLab group may relabel, asking the item's next annotator")
     g = p.add_argument_group("LSB")
     g.add_argument("--max-seeds", "--seeds", dest="max_seeds", type=_optional_int, default=1000, metavar="N|all",
                    help="at most this many seeds, or all (%(default)s, as broaden lsb and select; --seeds is the "
@@ -87,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
                    "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5); 'Auto' "
                    "lets --strategy auto choose the mix each round; BALD, Coreset, BADGE, Cluster-Margin, "
-                   "Diverse(entropy), TypiClust run those strategies (docs/diversity.md)")
+                   "Diverse(entropy), TypiClust run those strategies (docs/diversity.md); 'ActiveLab' relabels "
+                   "or labels new with --annotators N, trained on CROWDLAB consensus labels (docs/simulate.md)")
     p.add_argument("--pool-size", type=int, default=None, help="subsample the pool per repeat")
     p.add_argument("--max-items", type=int, default=None, help="stratified subsample of the dataset")
     p.add_argument("--encoder", default=None, help="local HF text encoder folder (default all-MiniLM-L6-v2)")
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         data_options=_data_options(args), class_groups=_class_groups(args.class_groups) if args.class_groups else None,
         cache_dir=args.cache_dir, index=args.index, show_progress=not args.quiet, scenario=args.scenario,
         subpop=args.subpop, relabel_to=args.relabel_to, recent=args.recent, recent_subpop=args.recent_subpop,
-        lsb_fill=args.lsb_fill, validation=args.validation,
+        lsb_fill=args.lsb_fill, validation=args.validation, annotators=args.annotators,
         classifier={"hidden": (args.hidden,),
                     "class_weight": None if args.class_weight == "none" else args.class_weight},
     )

@@ -12,6 +12,7 @@ from broaden.errors import BroadenError
 #: Statistical AL as a documented mix of the three uncertainty scores (equal shares, deduplicated).
 STAT_AL_MIX = "least_confident,margin,entropy"
 REFERENCE_GROUP = "Stat-AL"
+ACTIVELAB_GROUP = "ActiveLab"
 REFIT_SUFFIX = "(refit)"
 LATENTS = ("tuned", "frozen", "finetuned")
 
@@ -24,7 +25,8 @@ class GroupError(BroadenError, ValueError):
 class GroupSpec:
     """How one group spends its budget.
 
-    ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round) | mix
+    ``kind``: random | stat | hw | qbc | lsb | auto (the mix ``--strategy auto`` chooses each round) |
+    activelab (relabel or label new with several annotators: :mod:`.annotators`) | mix
     (the ``broaden select`` mix in ``mix``: diversity and committee strategies, issue 17; the pool carries
     the ``latent`` embedding and bootstrap-committee columns, the labelled set its embeddings). LSB groups
     take ``lsb_share`` of the budget from broadening
@@ -88,7 +90,7 @@ def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
         if stem.endswith(REFIT_SUFFIX):
             refit, stem = True, stem[:-len(REFIT_SUFFIX)].rstrip()
     if stem not in base:
-        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, "
+        raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, {ACTIVELAB_GROUP}, "
                          f"{', '.join(MIX_GROUPS)}, optionally with "
                          f"'{REFIT_SUFFIX}' (not for Random) or '@SHARE' (LSB groups only)")
     spec = base[stem]
@@ -127,6 +129,8 @@ def build_groups(
         "QBC": GroupSpec("QBC", "qbc"),
         # Not in the default list: it holds out a validation sample from the pool to measure values on.
         "Auto": GroupSpec("Auto", "auto", lookalike=True, latent=latent, denoise=denoise),
+        # Not in the default list: relabel or label new, trained on consensus labels (--annotators N).
+        ACTIVELAB_GROUP: GroupSpec(ACTIVELAB_GROUP, "activelab"),
         # Diverse batches and epistemic uncertainty (issue 17), on the classifier's hidden layer (the input of
         # its last layer, where BADGE's gradient embedding is exact).
         **{name: GroupSpec(name, "mix", latent="tuned", mix=mix) for name, mix in MIX_GROUPS.items()},

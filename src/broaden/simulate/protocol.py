@@ -7,7 +7,8 @@
 4. Table 2: retrain on initial + selection (with the oracle's possibly noisy labels) and evaluate on the
    fixed test split.
 5. Rounds (Algorithm 1): each group continues from its own retrained model; its pool shrinks and its
-   labelled set grows.
+   labelled set grows. With several annotators (:mod:`.annotators`) the ActiveLab group may also relabel:
+   it trains on the consensus of its votes.
 
 Seeds of LSB need out-of-sample probabilities for the labelled set — the paper scores *new* labelled
 partitions with the deployed model — so the labelled set is scored by K-fold cross-validation.
@@ -25,6 +26,7 @@ from broaden.models.classifier import EmbeddingClassifier
 from broaden.io import make_scored_table
 from broaden.metrics import discrepancy as _discrepancy
 from broaden.metrics import evaluate, flat_metrics, roc_auc
+from broaden.simulate.annotators import Crowd, Votes
 from broaden.simulate.data import SimData
 from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
 from broaden.simulate.lsb_report import LSBReport
@@ -65,6 +67,7 @@ class SimConfig:
     validation: int = 500             # Auto only: pool items held out (labelled) to measure strategy values on
     auto_metric: str = "log_loss"     # Auto only: what a strategy's value is measured in (broaden.auto.value)
     auto_draws: int = 2               # Auto only: leave-n-out subsets per arm and round
+    annotators: int = 1               # simulated annotators; > 1 lets ActiveLab relabel (left out of config.json at 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,9 +130,16 @@ class Snapshot:
     """
 
     def __init__(self, run: RepeatRun, model: EmbeddingClassifier, labeled: np.ndarray, pool: np.ndarray,
-                 round_: int, recent: np.ndarray | None = None, recent_probs: np.ndarray | None = None):
+                 round_: int, recent: np.ndarray | None = None, recent_probs: np.ndarray | None = None,
+                 labels: np.ndarray | None = None):
         self.run, self.model, self.labeled, self.pool, self.round = run, model, labeled, pool, round_
         self.recent, self.recent_probs = recent, recent_probs
+        self.labels = labels  # the labels the model was trained on, by row (None: the single votes, run.given)
+
+    @property
+    def given(self) -> np.ndarray:
+        """The labels the model was trained on, by row."""
+        return self.run.given if self.labels is None else self.labels
 
     @cached_property
     def pool_probs(self) -> np.ndarray:
@@ -137,7 +147,7 @@ class Snapshot:
 
     @cached_property
     def labeled_oof_probs(self) -> np.ndarray:
-        return self.run.oof_probs(self.labeled, self.round)
+        return self.run.oof_probs(self.labeled, self.round, self.labels)
 
     def latent(self, kind: str, rows: np.ndarray) -> np.ndarray:
         X = self.run.data.features[rows]
@@ -163,13 +173,13 @@ class Snapshot:
     def labeled_embeddings(self, latent: str) -> pa.Table:
         """Every labelled row with its embedding: the centers coreset and TypiClust cover from."""
         rows = self.labeled
-        return make_scored_table(rows.astype(np.int64), None, self.latent(latent, rows), self.run.given[rows])
+        return make_scored_table(rows.astype(np.int64), None, self.latent(latent, rows), self.given[rows])
 
     def labeled_table(self, latent: str) -> pa.Table:
         """What LSB seeds and fits the Lookalike model on (class docstring)."""
         rows, probs = ((self.labeled, self.labeled_oof_probs) if self.recent is None
                        else (self.recent, self.recent_probs))
-        return make_scored_table(rows.astype(np.int64), probs, self.latent(latent, rows), self.run.given[rows])
+        return make_scored_table(rows.astype(np.int64), probs, self.latent(latent, rows), self.given[rows])
 
 
 @dataclass
@@ -182,6 +192,9 @@ class Selection:
     provenance: dict
     lsb: LSBReport | None = None
     auto: dict | None = None          # select()'s "auto" report: allocation and diagnosis
+    relabel: np.ndarray | None = None  # ActiveLab: which picks are another vote on a labelled item
+    answers: np.ndarray | None = None  # ActiveLab: the vote each pick received
+    annotator: np.ndarray | None = None  # ActiveLab: who cast it
 
 
 class RepeatRun:
@@ -194,30 +207,39 @@ class RepeatRun:
         self.subpop = subpop
         self.seed = cfg.seed + repeat
         self.truth = labels_after(data, self.scenario, subpop)  # the labels once the scenario has happened
-        self.given = oracle_labels(self.truth, confusion, seed=self.seed + 7919)
+        if cfg.annotators > 1:  # each annotator answers on its own; every group gets an item's first vote
+            self.crowd = Crowd(self.truth, confusion, cfg.annotators, seed=self.seed + 7919)
+            self.given = self.crowd.single()
+        else:
+            self.crowd = None
+            self.given = oracle_labels(self.truth, confusion, seed=self.seed + 7919)
         self.given[data.is_test] = self.truth[data.is_test]  # the evaluation split stays gold
         self.kind = data.discrepancy
         self.auto_history: dict[str, list[dict]] = {g.name: [] for g in groups if g.kind == "auto"}
         self.validation = np.empty(0, dtype=np.int64)
+        self.votes: dict[str, Votes] = {}  # relabelling groups' votes (run() starts them)
 
     # --------------------------------------------------------------------------------- models
-    def fit(self, rows: np.ndarray, seed: int, sample: np.ndarray | None = None) -> EmbeddingClassifier:
+    def fit(self, rows: np.ndarray, seed: int, sample: np.ndarray | None = None,
+            labels: np.ndarray | None = None) -> EmbeddingClassifier:
+        """The classifier on ``rows`` with ``labels`` (by row; None: the single votes ``given``)."""
         rows = rows if sample is None else rows[sample]
         clf = EmbeddingClassifier(**{**self.cfg.classifier, "seed": seed})
-        return clf.fit(self.data.features[rows], self.given[rows], num_classes=self.data.num_classes)
+        y = (self.given if labels is None else labels)[rows]
+        return clf.fit(self.data.features[rows], y, num_classes=self.data.num_classes)
 
     def model_seed(self, round_: int) -> int:
         # Same seed for every group in a round: differences come from the data, not the initialisation.
         return self.seed * 1000 + round_
 
-    def oof_probs(self, rows: np.ndarray, round_: int) -> np.ndarray:
+    def oof_probs(self, rows: np.ndarray, round_: int, labels: np.ndarray | None = None) -> np.ndarray:
         folds = max(2, min(self.cfg.oof_folds, len(rows) // 2))
         rng = np.random.default_rng(self.model_seed(round_) + 17)
         fold = rng.permutation(len(rows)) % folds
         out = np.zeros((len(rows), self.data.num_classes))
         for f in range(folds):
             train, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-            model = self.fit(rows, self.model_seed(round_) + 100 + f, sample=train)
+            model = self.fit(rows, self.model_seed(round_) + 100 + f, sample=train, labels=labels)
             out[held] = model.predict_proba(self.data.features[rows[held]])
         return out
 
@@ -236,7 +258,7 @@ class RepeatRun:
         from broaden.select import select
 
         B, seed = self.cfg.budget, self.model_seed(snap.round)
-        labeled, options = None, {}
+        labeled, options, exclude = None, {}, None
         if spec.kind == "random":
             pool, mix = snap.pool_table(), "random"
         elif spec.kind == "stat":
@@ -260,9 +282,15 @@ class RepeatRun:
         elif spec.kind == "auto":
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = "auto", {**self._lsb_mix(spec)[1], "auto_history": self.auto_history[spec.name]}
+        elif spec.kind == "activelab":
+            pool, mix = self._activelab_pool(snap), "activelab"
+            votes = self.votes[spec.name]
+            # Relabel or label new: every labelled item is a candidate, save those every annotator has labelled.
+            options, exclude = {"annotations": votes.table(snap.labeled, self.given)}, votes.full(snap.labeled)
         else:  # pragma: no cover - GroupSpec kinds are fixed
             raise ValueError(spec.kind)
-        table, reports = select(pool, mix, B, seed=seed, labeled=labeled, return_details=True, **options)
+        table, reports = select(pool, mix, B, seed=seed, labeled=labeled, exclude=exclude, return_details=True,
+                                **options)
         rows = table.column("id").to_numpy().astype(np.int64)
         strategy = np.asarray(table.column("strategy").to_pylist(), dtype=object)
         prov = {c: (table.column(c).to_pylist() if c in table.column_names else [None] * len(rows))
@@ -272,12 +300,57 @@ class RepeatRun:
             name = self.lsb_strategy(spec)
             lsb_report = LSBReport.of(reports.get(name), threshold=options["lookalike_threshold"],
                                       n_selected=int((strategy == name).sum()), picked=rows[strategy == name])
-        pos = np.searchsorted(snap.pool, rows)  # the pool is sorted: row index -> position
+        if spec.kind == "activelab":  # a pick may be a labelled item: its probabilities are the K-fold ones
+            cand = np.concatenate([snap.pool, snap.labeled])
+            order = np.argsort(cand)
+            probs = np.vstack([snap.pool_probs, snap.labeled_oof_probs])[order[np.searchsorted(cand[order], rows)]]
+            relabel = np.asarray(table.column("relabel").to_pylist(), dtype=bool)
+        else:
+            probs = snap.pool_probs[np.searchsorted(snap.pool, rows)]  # the pool is sorted: row -> position
+            relabel = None
         auto = reports.get("auto")
         return Selection(rows=rows, strategy=strategy, auto=auto,
                          score=table.column("score").to_numpy(zero_copy_only=False).astype(float),
                          rank=table.column("rank").to_numpy().astype(np.int64),
-                         probs=snap.pool_probs[pos], provenance=prov, lsb=lsb_report)
+                         probs=probs, provenance=prov, lsb=lsb_report, relabel=relabel)
+
+    @staticmethod
+    def _activelab_pool(snap: Snapshot) -> pa.Table:
+        """The pool plus every labelled item, the latter scored out-of-sample (K-fold on the group's consensus
+        labels), as ActiveLab wants the probabilities of labelled items."""
+        rows = np.concatenate([snap.pool, snap.labeled]).astype(np.int64)
+        return make_scored_table(rows, np.vstack([snap.pool_probs, snap.labeled_oof_probs]))
+
+    def _vote(self, spec: GroupSpec, sel: Selection) -> np.ndarray:
+        """A relabelling group's picks each get one vote, from the next annotator in the item's order."""
+        votes = self.votes[spec.name]
+        sel.annotator = votes.crowd.annotator(sel.rows, votes.counts[sel.rows])
+        sel.answers = votes.add(sel.rows, self.given)
+        return sel.answers
+
+    def _consensus(self, spec: GroupSpec, snap: Snapshot, sel: Selection) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(labelled rows, training labels by row, the round's vote record) of a relabelling group: every
+        labelled item's consensus of its votes (CROWDLAB, majority vote while no item has two votes), with
+        out-of-sample probabilities — K-fold for items labelled before the round, the selecting model's for
+        new picks."""
+        votes = self.votes[spec.name]
+        new = sel.rows[~sel.relabel]
+        labeled = np.sort(np.concatenate([snap.labeled, new]))
+        probs = np.empty((len(labeled), self.data.num_classes))
+        probs[np.searchsorted(labeled, snap.labeled)] = snap.labeled_oof_probs
+        probs[np.searchsorted(labeled, new)] = sel.probs[~sel.relabel]
+        consensus, method = votes.consensus(labeled, self.given, probs)
+        labels = self.given.copy()
+        labels[labeled] = consensus
+        record = {"resolution": method,
+                  **votes.report(labeled, consensus, self.given, self.truth, int(sel.relabel.sum()))}
+        return labeled, labels, record
+
+    def _votes_frame(self, round_: int, group: str, rows: np.ndarray, annotator: np.ndarray, label: np.ndarray,
+                     relabel: np.ndarray) -> pa.Table:
+        return pa.table({"round": pa.array(np.full(len(rows), round_), pa.int64()), "group": [group] * len(rows),
+                         "id": pa.array(self.data.ids[rows].tolist()), "annotator": pa.array(annotator, pa.int64()),
+                         "label": pa.array(label, pa.int64()), "relabel": pa.array(relabel, pa.bool_())})
 
     @staticmethod
     def lsb_strategy(spec: GroupSpec) -> str:
@@ -335,6 +408,13 @@ class RepeatRun:
                                              "case_study": [], "initial": [self._initial_frame(initial, recent)]}
         frames["test_predictions"].append(self._predictions("Initial", test_rows, init_probs))
         current = {g.name: (refit if g.refit else snapshot) for g in self.groups}
+        frames["votes"] = []
+        crowd = self.crowd or Crowd(self.truth, None, 1, self.seed)  # one annotator: every vote is ``given``
+        for spec in self.groups:
+            if spec.kind == "activelab":  # the labelled set's first votes: round 0
+                self.votes[spec.name] = votes = Votes.start(crowd, labeled)
+                frames["votes"].append(self._votes_frame(0, spec.name, labeled, votes.crowd.annotator(labeled, 0),
+                                                         self.given[labeled], np.zeros(len(labeled), bool)))
         rounds = []
         for r in range(1, cfg.rounds + 1):
             per_group, next_snaps = {}, {}
@@ -342,10 +422,17 @@ class RepeatRun:
                 snap = current[spec.name]
                 sel = self.select(spec, snap)
                 pool_s = int(in_s[snap.pool].sum()) if in_s is not None else 0
-                t1 = table1_metrics(self.truth[sel.rows], self.given[sel.rows], sel.probs, self.kind,
+                relabelling = spec.name in self.votes
+                answered = self._vote(spec, sel) if relabelling else self.given[sel.rows]
+                t1 = table1_metrics(self.truth[sel.rows], answered, sel.probs, self.kind,
                                     None if in_s is None else in_s[sel.rows], pool_s)
-                labeled = np.sort(np.concatenate([snap.labeled, sel.rows]))
-                model = self.fit(labeled, self.model_seed(r))
+                if relabelling:
+                    labeled, labels, vote_record = self._consensus(spec, snap, sel)
+                    frames["votes"].append(self._votes_frame(r, spec.name, sel.rows, sel.annotator, sel.answers,
+                                                             sel.relabel))
+                else:
+                    labeled, labels, vote_record = np.sort(np.concatenate([snap.labeled, sel.rows])), None, None
+                model = self.fit(labeled, self.model_seed(r), labels=labels)
                 probs = model.predict_proba(test_X)
                 t2, cm = table2_metrics(test_y, probs, self.kind, test_s)
                 per_group[spec.name] = {"table1": t1, "table2": t2, "confusion_matrix": cm,
@@ -353,6 +440,8 @@ class RepeatRun:
                                         "lookalike": None if sel.lsb is None else sel.lsb.summary}
                 if spec.kind == "auto":
                     per_group[spec.name]["auto"] = self._measure(spec, sel, labeled, model, r)
+                if vote_record is not None:
+                    per_group[spec.name]["annotators"] = vote_record
                 frames["selections"].append(self._selection_frame(r, spec.name, sel))
                 if sel.lsb is not None:
                     frames["lookalike"].append(sel.lsb.lookalike_frame(r, spec.name, data.ids))
@@ -362,7 +451,8 @@ class RepeatRun:
                 # With a recent partition, the next round seeds from this round's batch, scored by the model
                 # that selected it (out-of-sample), as a deployed model scores each new labelled partition.
                 nxt = (sel.rows, sel.probs) if snap.recent is not None else (None, None)
-                next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1, *nxt)
+                next_snaps[spec.name] = Snapshot(self, model, labeled, np.setdiff1d(snap.pool, sel.rows), r + 1, *nxt,
+                                                 labels=labels)
             current = next_snaps
             rounds.append({"round": r, "groups": per_group})
         record = {"repeat": self.repeat, "seed": self.seed, "initial": initial_metrics, "rounds": rounds,
@@ -430,9 +520,12 @@ class RepeatRun:
             "score": pa.array(sel.score, pa.float64()),
             "rank": pa.array(sel.rank, pa.int64()),
             "label": pa.array(self.truth[sel.rows], pa.int64()),
-            "oracle_label": pa.array(self.given[sel.rows], pa.int64()),
+            "oracle_label": pa.array(self.given[sel.rows] if sel.answers is None else sel.answers, pa.int64()),
             "probs": matrix_to_list_array(sel.probs),
             "seed_id": pa.array(seed_ids, type=pa.array(self.data.ids[:1].tolist()).type),
             "similarity": pa.array(prov["similarity"], pa.float64()),
             "lookalike_score": pa.array(prov["lookalike_score"], pa.float64()),
+            # ActiveLab only (null for the other groups): another vote on a labelled item, and who cast it
+            **({} if sel.relabel is None else {"relabel": pa.array(sel.relabel, pa.bool_()),
+                                               "annotator": pa.array(sel.annotator, pa.int64())}),
         })

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from broaden.io import write_text
 from broaden.metrics import METRIC_NAMES, to_jsonable
+from broaden.simulate.annotators import ANNOTATOR_FIELDS
 from broaden.simulate.groups import REFERENCE_GROUP, REFIT_SUFFIX
 from broaden.simulate.protocol import TABLE1_METRICS, TABLE2_METRICS
 from broaden.simulate.stats import paired_test, summarize
@@ -18,6 +19,7 @@ from broaden.simulate.stats import paired_test, summarize
 FORMAT_VERSION = 1
 LOOKALIKE_FIELDS = ("auc", "n_bad_cases", "n_seeds", "n_candidates", "n_lsb_selected")
 FRAME_NAMES = ("initial", "selections", "test_predictions", "lookalike", "case_study")
+OPTIONAL_FRAMES = ("votes",)  # listed under "files" only when a run wrote them (ActiveLab)
 
 
 def _summaries(values_by_metric: dict[str, list]) -> dict:
@@ -78,16 +80,29 @@ def aggregate(config: dict, records: list[dict], groups: list[str], out: Path) -
                         "values": {arm: summarize([((a or {}).get("values", {}).get(arm) or {}).get("value")
                                                    for a in rnd]) for arm in arms}}
                        for i, rnd in enumerate(per_round)]
+    annotators = {}
+    for g in groups:
+        per_round = [[r["rounds"][i]["groups"][g].get("annotators") for r in records] for i in range(n_rounds)]
+        if any(a for rnd in per_round for a in rnd):
+            annotators[g] = []
+            for i, rnd in enumerate(per_round):
+                methods = [(a or {}).get("resolution") for a in rnd]
+                annotators[g].append({"round": i + 1,
+                                      **{f: summarize([(a or {}).get(f) for a in rnd]) for f in ANNOTATOR_FIELDS},
+                                      "resolution": {m: methods.count(m) for m in dict.fromkeys(methods)}})
     final = records[-1]["rounds"][last]["groups"]
     files = {"repeats": [f"repeats/repeat-{r['repeat']:03d}.json" for r in records]}
-    for name in FRAME_NAMES:
+    for name in FRAME_NAMES + OPTIONAL_FRAMES:
         files[name] = [f"repeats/repeat-{r['repeat']:03d}/{name}.parquet" for r in records
                        if (out / f"repeats/repeat-{r['repeat']:03d}/{name}.parquet").is_file()]
+        if name in OPTIONAL_FRAMES and not files[name]:
+            del files[name]
     return {
         "format_version": FORMAT_VERSION, "config": config, "repeats_done": [r["repeat"] for r in records],
         "groups": groups, "reference_group": ref, "table1": table1, "table2": table2, "paired_tests": tests,
         "paired_tests_by_reference": by_reference,
         "rounds": rounds, "lookalike": lookalike, "diagnosis": diagnosis, "auto": auto,
+        **({"annotators": annotators} if annotators else {}),  # only relabelling groups (ActiveLab) have it
         "confusion_matrix": {g: final[g]["confusion_matrix"] for g in groups},
         "seconds": {"total": round(sum(r.get("seconds", 0) for r in records), 1),
                     "per_repeat": [r.get("seconds") for r in records]},
@@ -207,6 +222,17 @@ def print_tables(results: dict, console=None) -> None:
                     ["round", *(f"share {a}" for a in arms), *(f"value {a}" for a in arms)],
                     ((str(e["round"]), *(_pm(e["shares"][a]) for a in arms), *(_pm(e["values"][a]) for a in arms))
                      for e in per_round), console=console)
+    if results.get("annotators"):
+        print_table(f"Relabelling groups with {cfg.get('annotators', 1)} annotators, per round (mean ± std over "
+                    "repeats): picks that were another vote on a labelled item, votes so far, and the share of "
+                    "labelled items whose consensus / first vote alone is right (all items; items with 2+ votes)",
+                    ["group", "round", "relabels", "votes", "consensus acc", "1st vote acc", "2+ votes: items",
+                     "consensus acc", "1st vote acc"],
+                    ((group, str(e["round"]), fmt(e["relabels"]["mean"], 1), fmt(e["votes"]["mean"], 1),
+                      _pm(e["consensus_accuracy"]), _pm(e["first_vote_accuracy"]), fmt(e["multi_voted"]["mean"], 1),
+                      _pm(e["multi_consensus_accuracy"]), _pm(e["multi_first_vote_accuracy"]))
+                     for group, per_round in results["annotators"].items() for e in per_round),
+                    console=console, labels=2)
     subpop = cfg.get("subpop_size")
     if subpop:
         scenario = cfg.get("scenario") or {}

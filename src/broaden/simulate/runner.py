@@ -151,6 +151,7 @@ def simulate(
     recent_subpop: int = 0,
     lsb_fill: bool = False,
     validation: int = 500,
+    annotators: int = 1,
     print_results: bool = True,
     show_progress: bool = True,
 ) -> dict:
@@ -163,13 +164,16 @@ def simulate(
     ``subpop``, ``relabel_to``, ``recent`` and ``recent_subpop`` set where broadening can pay off
     (:mod:`broaden.simulate.scenario`); ``lsb_fill`` widens k until every LSB share is filled. The ``Auto``
     group measures strategy values on ``validation`` labelled pool items that no group selects.
+    ``annotators`` > 1 simulates that many independent noisy annotators (:mod:`broaden.simulate.annotators`):
+    every group receives one vote per item, the ``ActiveLab`` group may ask for more (relabel or label new).
     """
     from rich.console import Console
 
     log = Console(stderr=True, quiet=not show_progress)
     if not 0 <= lsb_share <= 1:
         raise SimulationError(f"lsb_share must be within 0 … 1, got {lsb_share}")
-    for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats)):
+    for name, value in (("budget", budget), ("initial", initial), ("rounds", rounds), ("repeats", repeats),
+                        ("annotators", annotators)):
         if value < 1:
             raise SimulationError(f"{name} must be >= 1, got {value}")
     if pool_size is not None and pool_size < budget * rounds:
@@ -217,11 +221,12 @@ def simulate(
                     label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
                     seeds=max_seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
                     index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill,
-                    validation=validation)
+                    validation=validation, annotators=annotators)
     config = {
         "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,
-        **cfg.to_dict(), "latent": latent, "denoise": denoise,
+        **{k: v for k, v in cfg.to_dict().items() if k != "annotators" or annotators > 1},  # 1: hash as before
+        "latent": latent, "denoise": denoise,
         "groups": [g.name for g in group_specs], "group_specs": {g.name: vars(g) for g in group_specs},
         "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
         "n_train": int((~data.is_test).sum()), "n_test": int(data.is_test.sum()), "data_digest": _data_digest(data),
