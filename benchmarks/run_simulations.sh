@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `broaden simulate` runs behind BENCHMARKS.md (paper Tables 1-2 protocol).
 # Usage: benchmarks/run_simulations.sh [OUT_ROOT] [SECTION ...]
-#   OUT_ROOT defaults to runs/simulate; SECTION is any of: main rounds noise sweep peers (default: all five).
+#   OUT_ROOT defaults to runs/simulate; SECTION is any of: main rounds noise sweep peers annotators (default: all six).
 # Every run holds $LOCK (default /tmp/broaden-heavy.lock) so it never overlaps other heavy jobs on a shared machine, and is
 # resumable: re-running skips finished repeats. Data: BROADEN_DATA_DIR, else ../shared/data.
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 OUT_ROOT=${1:-runs/simulate}
 shift || true
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(main rounds noise sweep peers)
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(main rounds noise sweep peers annotators)
 BROADEN=${BROADEN:-.venv/bin/broaden}
 LOCK=${LOCK:-/tmp/broaden-heavy.lock}  # another lock file lets two runs share a machine with free cores
 export BROADEN_DATA_DIR=${BROADEN_DATA_DIR:-$(cd .. && pwd)/shared/data}  # as the Makefile: ../shared/data
@@ -46,6 +46,11 @@ for section in "${SECTIONS[@]}"; do
         sim "$ds-peers" --dataset "$ds" --budget 1000 --initial 1000 --rounds 1 --repeats 5 \
           --groups "Random,Stat-AL,QBC,BALD,Coreset,BADGE,Cluster-Margin,Diverse(entropy)"
       done ;;
-    *) echo "unknown section $section (main rounds noise sweep peers)" >&2; exit 2 ;;
+    annotators)  # three noisy annotators (30 % each): ActiveLab relabels or labels new, on CROWDLAB consensus labels.
+      for ds in clickbait ag_news; do
+        sim "$ds-annotators3" --dataset "$ds" --annotators 3 --label-noise 0.3 --repeats 5 --rounds 3 --budget 500 \
+          --initial 1000 --groups "Random,Stat-AL,ActiveLab"
+      done ;;
+    *) echo "unknown section $section (main rounds noise sweep peers annotators)" >&2; exit 2 ;;
   esac
 done
