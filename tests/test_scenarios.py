@@ -114,6 +114,19 @@ def test_groups_with_refit_and_shares():
             build_groups(include=[bad])
 
 
+def test_groups_named_as_the_tables_print_variants():
+    # A variant group listed by the name the tables print equals the one --variants adds.
+    listed = build_groups(include=["Stat-AL", "Stat-AL+LSB-LT[frozen]", "Stat-AL+LSB-LT[lt-ranked]@0.5"])
+    by_variant = {g.name: g for g in build_groups(include=["Stat-AL"], variants="frozen,lt-ranked")}
+    assert listed[1] == by_variant["Stat-AL+LSB-LT[frozen]"]
+    assert listed[2].rank_by == "lookalike" and listed[2].lsb_share == 0.5 and not listed[2].lookalike
+    finetuned = build_groups(latent="finetuned", include=["Stat-AL", "Stat-AL+LSB-LT[tuned]"])
+    assert finetuned[1].latent == "tuned"
+    for bad in ("Stat-AL[frozen]", "Stat-AL+LSB-LT[nope]", "Stat-AL+LSB-LT[tuned]"):  # tuned is the default latent
+        with pytest.raises(GroupError):
+            build_groups(include=[bad])
+
+
 @pytest.fixture(scope="module")
 def drift_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("drift")

@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--groups", default=None,
                    help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
-                   "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5); 'Auto' "
+                   "'Stat-AL (refit)'); 'NAME@S' gives an LSB group its own share (e.g. Stat-AL+LSB-LT@0.5), 'NAME[VARIANT]' one of the "
+                   "--variants (e.g. Stat-AL+LSB-LT[frozen]); 'Auto' "
                    "lets --strategy auto choose the mix each round; BALD, Coreset, BADGE, Cluster-Margin, "
                    "Diverse(entropy), TypiClust run those strategies (docs/diversity.md); 'ActiveLab' relabels "
                    "or labels new with --annotators N, trained on CROWDLAB consensus labels (docs/simulate.md)")

@@ -71,11 +71,11 @@ def _variant(base: GroupSpec, variant: str, dataset_discrepancy: str) -> GroupSp
     return replace(base, name=f"{base.name}[{variant}]", **changes)
 
 
-def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
+def _named(name: str, base: dict[str, GroupSpec], dataset_discrepancy: str) -> GroupSpec:
     """A base group, optionally with a modifier: ``NAME (refit)`` selects with the snapshot refit on the
     recent labelled batch (the fair control of DESIGN §3a; LSB still seeds from the recent batch scored
     out-of-sample by the snapshot, as a deployed model scored it); ``NAME@S`` gives an LSB group its own
-    share S."""
+    share S; ``NAME[VARIANT]`` is an LSB group with one of :data:`VARIANTS` (the names the tables print)."""
     stem, share = name.strip(), None
     refit = stem.endswith(REFIT_SUFFIX)  # either order: NAME@S (refit) or NAME (refit)@S
     stem = stem[:-len(REFIT_SUFFIX)].rstrip() if refit else stem
@@ -89,18 +89,27 @@ def _named(name: str, base: dict[str, GroupSpec]) -> GroupSpec:
             raise GroupError(f"LSB share in group {name!r} must be within 0 … 1")
         if stem.endswith(REFIT_SUFFIX):
             refit, stem = True, stem[:-len(REFIT_SUFFIX)].rstrip()
+    variant = None
+    if stem.endswith("]") and "[" in stem:
+        stem, _, variant = stem[:-1].rpartition("[")
     if stem not in base:
         raise GroupError(f"unknown group {name!r}; choose from {', '.join(BASE_ORDER)}, Auto, {ACTIVELAB_GROUP}, "
                          f"{', '.join(MIX_GROUPS)}, optionally with "
                          f"'{REFIT_SUFFIX}' (not for Random) or '@SHARE' (LSB groups only)")
     spec = base[stem]
+    if variant is not None:
+        if variant not in VARIANTS or spec.kind != "lsb":
+            raise GroupError(f"{name!r}: only LSB groups take a variant, one of {', '.join(VARIANTS)}")
+        spec = _variant(spec, variant, dataset_discrepancy)
+        if spec is None:
+            raise GroupError(f"{name!r}: variant {variant!r} is the base configuration here; list {stem!r} instead")
     if share is not None and spec.kind != "lsb":
         raise GroupError(f"{name!r}: only LSB groups take a share (@S)")
     if refit and spec.kind == "random":
         raise GroupError(f"{name!r}: Random uses no model, so there is nothing to refit")
     if share is None and not refit:
         return spec
-    return replace(spec, name=name, refit=refit, lsb_share=share)
+    return replace(spec, name=name.strip(), refit=refit, lsb_share=share)
 
 
 def build_groups(
@@ -138,7 +147,7 @@ def build_groups(
     names = list(BASE_ORDER) if include is None else list(include)
     if REFERENCE_GROUP not in names:
         names.insert(0, REFERENCE_GROUP)  # the paired tests compare every group with it
-    groups = [_named(n, base) for n in names]
+    groups = [_named(n, base, dataset_discrepancy) for n in names]
     if len({g.name for g in groups}) != len(groups):
         raise GroupError(f"a group is listed twice in {', '.join(names)}")
     if isinstance(variants, str):
