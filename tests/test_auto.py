@@ -141,6 +141,29 @@ def test_select_auto_resolves_to_a_mix(rng):
     assert rep["auto"]["allocation"].shares == {"stat": 1.0}
 
 
+def test_auto_arms_choose_what_competes(rng):
+    from broaden.errors import SelectionError
+    from tests.test_lsb import world
+
+    labeled, pool = world(rng)
+    out, reports = select(pool, "auto", 40, labeled=labeled, auto_arms="stat,diverse", return_details=True)
+    alloc = reports["auto"]["allocation"]
+    # No history and no LSB-LT arm: the two arms start even; the diverse arm runs diverse(entropy).
+    assert alloc.shares == pytest.approx({"stat": 0.5, "diverse": 0.5})
+    strategies = out.column("strategy").to_pylist()
+    assert strategies.count("diverse(entropy)") == 20 and len(set(out.column("id").to_pylist())) == 40
+    assert {arm_of(s) for s in strategies} == {"stat", "diverse"}
+    history = [{"stat": {"value": 1e-4, "se": 1e-5}, "diverse": {"value": 6e-4, "se": 1e-5}}]
+    later = select(pool, "auto", 40, labeled=labeled, auto_arms=["stat", "diverse"], auto_history=history,
+                   return_details=True)[1]["auto"]["allocation"]
+    assert later.shares["diverse"] > 0.9
+    for bad in ("stat,nope", ""):
+        with pytest.raises(SelectionError):
+            select(pool, "auto", 10, labeled=labeled, auto_arms=bad)
+    with pytest.raises(SelectionError, match="labelled set"):
+        select(pool, "auto", 10, auto_arms="stat,lsb-lt")
+
+
 def test_simulation_auto_group_records_allocations(tmp_path):
     from broaden.simulate import simulate
     from tests.test_scenarios import CLF, planted
@@ -149,7 +172,7 @@ def test_simulation_auto_group_records_allocations(tmp_path):
     res = simulate(data, out=tmp_path, budget=60, initial=300, rounds=3, repeats=1, k=5, classifier=CLF,
                    scenario="drift", subpop="column:group=g3", relabel_to=0, recent=150, recent_subpop=12,
                    groups=["Stat-AL", "Auto"], lookalike_threshold=0.3, validation=200, print_results=False,
-                   progress=False)
+                   show_progress=False)
     rec = json.loads((tmp_path / "repeats" / "repeat-000.json").read_text())
     for rnd in rec["rounds"]:
         auto = rnd["groups"]["Auto"]["auto"]

@@ -2,7 +2,8 @@
 
 Arms are strategies whose inputs exist: ``stat`` (least confidence, margin and entropy in equal parts,
 the Stat-AL mix), ``lsb-lt`` (needs a labelled set with embeddings), ``qbc`` (needs committee columns),
-``hw``. Each arm's value per item (:mod:`broaden.auto.value`) gets a Gaussian posterior; the shares are
+``hw``, ``diverse`` (``diverse(entropy)``: entropy's top candidates spread by k-center greedy; needs pool
+embeddings). Each arm's value per item (:mod:`broaden.auto.value`) gets a Gaussian posterior; the shares are
 Thompson sampling (probability matching) over it:
 
     precision_a = 1/s0² + Σ_r w_r / se_{a,r}²,   mean_a = (m_a/s0² + Σ_r w_r v_{a,r} / se_{a,r}²) / precision_a,
@@ -26,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-ARMS = ("stat", "lsb-lt", "qbc", "hw")
+ARMS = ("stat", "lsb-lt", "qbc", "hw", "diverse")
 STAT_MIX = ("least_confident", "margin", "entropy")
+#: The ``broaden select`` strategy of each arm but ``stat`` (which is :data:`STAT_MIX`).
+ARM_STRATEGY = {"lsb-lt": "lsb-lt", "qbc": "qbc", "hw": "hw", "diverse": "diverse(entropy)"}
 FLOOR = 0.05         # every arm keeps learning; in i.i.d. data even 10 % LSB-LT cost accuracy (BENCHMARKS.md)
 PRIOR_WEIGHT = 2.0   # the diagnostic weighs as much as two rounds of measured values
 START_LSB_SHARE = {"cluster": 0.5, "mixed": 0.2, "too-few": 0.2, "isolated": 0.0}
@@ -48,7 +51,7 @@ class Allocation:
             if arm == "stat":
                 out.update({name: share / len(STAT_MIX) for name in STAT_MIX})
             else:
-                out[arm] = share
+                out[ARM_STRATEGY[arm]] = share
         return out
 
     def to_dict(self) -> dict:
@@ -56,9 +59,12 @@ class Allocation:
 
 
 def arm_of(strategy: str) -> str:
-    """The arm a selected item's strategy belongs to (``entropy`` → ``stat``, ``lsb`` → ``lsb-lt``)."""
+    """The arm a selected item's strategy belongs to (``entropy`` → ``stat``, ``lsb`` → ``lsb-lt``,
+    ``diverse(entropy)`` → ``diverse``)."""
     if strategy in STAT_MIX:
         return "stat"
+    if strategy.startswith("diverse("):
+        return "diverse"
     return "lsb-lt" if strategy in ("lsb", "lsb-lt") else strategy
 
 

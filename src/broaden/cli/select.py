@@ -28,6 +28,8 @@ OPTIONS = {
                      "(default min(share, 1000); typiclust adds the labelled items)"),
     "--dirty-bound": ("dirty_bound", float, "hw + --labeled: relabel the worst suspected mislabels until "
                       "at most this share of the labelled set is suspect"),
+    "--auto-arms": ("auto_arms", str, "auto: the arms that compete, comma-separated from stat, lsb-lt, qbc, hw, "
+                    "diverse (default: stat, lsb-lt with --labeled, qbc with --committee-cols)"),
     "--max-seeds": ("max_seeds", int, "lsb: at most this many seed bad cases (1000; --seeds is the old name)"),
     "--seed-threshold": ("seed_threshold", float, "lsb: T1, seeds have discrepancy d > T1 (0.5)"),
     "--discrepancy": ("discrepancy", str, "lsb: ordinal |y-E[x]|/(C-1) (default) or nominal 1-p_y"),
