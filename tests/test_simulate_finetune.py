@@ -2,6 +2,8 @@
 set and runs on the [CLS] states. A tiny random BERT stands in for MiniLM."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -36,6 +38,8 @@ def test_simulate_finetuned_latent(tiny_encoder, tmp_path):
                        latent="finetuned", classifier={"hidden": (16,), "max_epochs": 5}, print_results=False,
                        show_progress=False)
     assert "Stat-AL+LSB-LT" in results["groups"] and results["repeats_done"] == [0]
+    record = json.loads((tmp_path / "sim" / "repeats" / "repeat-000.json").read_text())
+    assert record["finetune"]["finetune_items"] == 60 and record["finetune"]["finetune_s"] > 0
 
 
 def test_needs_texts():

@@ -22,6 +22,8 @@ MAX_LENGTH = 64
 EPOCHS = 3
 BATCH_SIZE = 16
 ENCODER = None  # local HF folder to fine-tune; None = the packaged all-MiniLM-L6-v2
+#: The recipe and cost a repeat records (``repeats/repeat-NNN.json`` → ``finetune``).
+FINETUNE_FIELDS = ("max_length", "finetune_items", "finetune_epochs", "finetune_s", "embed_s")
 
 
 @renamed(progress="show_progress")

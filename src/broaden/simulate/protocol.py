@@ -27,6 +27,7 @@ from broaden.io import make_scored_table
 from broaden.metrics import discrepancy as _discrepancy
 from broaden.metrics import evaluate, flat_metrics, roc_auc
 from broaden.simulate.annotators import Crowd, Votes
+from broaden.simulate.finetune import FINETUNE_FIELDS
 from broaden.simulate.data import SimData
 from broaden.simulate.groups import STAT_AL_MIX, GroupSpec
 from broaden.simulate.lsb_report import LSBReport
@@ -458,6 +459,8 @@ class RepeatRun:
         record = {"repeat": self.repeat, "seed": self.seed, "initial": initial_metrics, "rounds": rounds,
                   "diagnosis": diagnosis,
                   "seconds": round(time.perf_counter() - start, 2)}
+        if "finetune_s" in data.feature_info:  # what the per-repeat fine-tune cost (the latent's price)
+            record["finetune"] = {k: data.feature_info[k] for k in FINETUNE_FIELDS if k in data.feature_info}
         return record, frames
 
     def _diagnosis(self, snap: Snapshot) -> dict | None:
