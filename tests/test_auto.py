@@ -118,6 +118,18 @@ def test_allocation_follows_the_planted_value_and_keeps_its_floor():
     noisy = [{"stat": {"value": 1e-4, "se": 5e-4}, "lsb-lt": {"value": 2e-4, "se": 5e-4}}]
     assert allocate(["stat", "lsb-lt"], verdict="isolated", history=noisy, seed=1).shares["lsb-lt"] < 0.2
     assert 0.4 < allocate(["stat", "lsb-lt"], verdict="cluster", history=noisy, seed=1).shares["lsb-lt"] < 0.65
+    # Three rounds of pure noise (both arms equally useful): the budget stays with the default instead of
+    # drifting to an even split, and the diagnostic's starting shares hold on average.
+    def noise_only(verdict):
+        shares = []
+        for s in range(40):
+            draw = np.random.default_rng(s).normal(1e-4, 2e-5, size=(3, 2))
+            hist = [{"stat": {"value": a, "se": 2e-5}, "lsb-lt": {"value": b, "se": 2e-5}} for a, b in draw]
+            shares.append(allocate(["stat", "lsb-lt"], verdict=verdict, history=hist, seed=s).shares["lsb-lt"])
+        return np.mean(shares)
+
+    assert noise_only("isolated") == pytest.approx(0.05)
+    assert abs(noise_only("mixed") - 0.2) < 0.05
     # Decay: an old advantage fades when the latest rounds say otherwise.
     late = [{"stat": 1e-4, "lsb-lt": 9e-4}] + [{"stat": 3e-4, "lsb-lt": 1e-4}] * 3
     assert allocate(["stat", "lsb-lt"], history=late, decay=0.3, seed=0).shares["stat"] > 0.5
@@ -148,10 +160,10 @@ def test_auto_arms_choose_what_competes(rng):
     labeled, pool = world(rng)
     out, reports = select(pool, "auto", 40, labeled=labeled, auto_arms="stat,diverse", return_details=True)
     alloc = reports["auto"]["allocation"]
-    # No history and no LSB-LT arm: the two arms start even; the diverse arm runs diverse(entropy).
-    assert alloc.shares == pytest.approx({"stat": 0.5, "diverse": 0.5})
+    # No history and no diagnostic for it: the diverse arm (diverse(entropy)) starts at the floor.
+    assert alloc.shares == pytest.approx({"stat": 0.95, "diverse": 0.05})
     strategies = out.column("strategy").to_pylist()
-    assert strategies.count("diverse(entropy)") == 20 and len(set(out.column("id").to_pylist())) == 40
+    assert strategies.count("diverse(entropy)") == 2 and len(set(out.column("id").to_pylist())) == 40
     assert {arm_of(s) for s in strategies} == {"stat", "diverse"}
     history = [{"stat": {"value": 1e-4, "se": 1e-5}, "diverse": {"value": 6e-4, "se": 1e-5}}]
     later = select(pool, "auto", 40, labeled=labeled, auto_arms=["stat", "diverse"], auto_history=history,

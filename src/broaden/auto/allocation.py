@@ -1,24 +1,27 @@
 """A budget allocation that follows what the returning labels show (issue 20).
 
 Arms are strategies whose inputs exist: ``stat`` (least confidence, margin and entropy in equal parts,
-the Stat-AL mix), ``lsb-lt`` (needs a labelled set with embeddings), ``qbc`` (needs committee columns),
-``hw``, ``diverse`` (``diverse(entropy)``: entropy's top candidates spread by k-center greedy; needs pool
-embeddings). Each arm's value per item (:mod:`broaden.auto.value`) gets a Gaussian posterior; the shares are
-Thompson sampling (probability matching) over it:
+the Stat-AL mix and the *default* arm), ``lsb-lt`` (needs a labelled set with embeddings), ``qbc`` (needs
+committee columns), ``hw``, ``diverse`` (``diverse(entropy)``: entropy's top candidates spread by k-center
+greedy; needs pool embeddings). Each arm's value per item (:mod:`broaden.auto.value`) gets a Gaussian
+posterior, and the shares follow the probability that an arm beats the default:
 
     precision_a = 1/s0² + Σ_r w_r / se_{a,r}²,   mean_a = (m_a/s0² + Σ_r w_r v_{a,r} / se_{a,r}²) / precision_a,
-    w_r = decay^age (age 0 = the latest round),   share_a = floor + (1 − A·floor) · P(arm a is best)
+    w_r = decay^age (age 0 = the latest round),   P_a = P(arm a is best),
+    raw_a = max(0, P_a − P_default) for a ≠ default,   raw_default = 1 − Σ raw_a,
+    share_a = floor + (1 − A·floor) · raw_a
 
-The prior is the error-clustering diagnostic: every arm starts at the mean of all measured values, LSB-LT
-shifted by √2·s0·Φ⁻¹(p0), so that before any measurement P(LSB-LT is best) = p0 and its share is the diagnostic's
-starting share (cluster 0.5, mixed / too few bad cases 0.2, isolated: the floor). ``s0`` is one round's
-typical standard error divided by √prior_weight, so the prior weighs as much as ``prior_weight`` rounds
-(default 2): a measured difference has to stand out of
-its own noise (about 2 se against an *isolated* prior) to move the budget, and noise alone leaves the
-diagnostic's shares in place instead of drifting to an even split. The floor keeps every estimate learning;
-the decay lets a pattern that has been learnt (the refit model catches up) move budget back. Seeded: the
-same inputs give the same shares. History entries without a standard error (plain numbers) use the spread
-of all measured values as their noise.
+Only the probability by which an arm beats the default moves budget to it: two arms the measurements cannot
+tell apart (P ≈ ½ each) leave the budget with the default, where plain probability matching (Thompson
+sampling) would split it evenly — in i.i.d. data that drifted a quarter to nearly half of the budget to
+LSB-LT by round 4 at a cost in accuracy (BENCHMARKS.md). The prior is the error-clustering diagnostic: every
+arm starts at the mean of all measured values, LSB-LT shifted by √2·s0·Φ⁻¹(p0), where p0 gives the
+diagnostic's starting share before any measurement (cluster 0.5, mixed / too few bad cases 0.2) and is 0.02
+for *isolated* (LSB-LT likely worse). ``s0`` is one round's typical standard error divided by
+√prior_weight, so the prior weighs as much as ``prior_weight`` rounds (default 2). The floor keeps every
+estimate learning; the decay lets a pattern that has been learnt (the refit model catches up) move budget
+back. Seeded: the same inputs give the same shares. History entries without a standard error (plain
+numbers) use the spread of all measured values as their noise.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ ARM_STRATEGY = {"lsb-lt": "lsb-lt", "qbc": "qbc", "hw": "hw", "diverse": "divers
 FLOOR = 0.05         # every arm keeps learning; in i.i.d. data even 10 % LSB-LT cost accuracy (BENCHMARKS.md)
 PRIOR_WEIGHT = 2.0   # the diagnostic weighs as much as two rounds of measured values
 START_LSB_SHARE = {"cluster": 0.5, "mixed": 0.2, "too-few": 0.2, "isolated": 0.0}
+DEFAULT_ARM = "stat"  # what keeps the budget while the measurements cannot tell the arms apart
 
 
 @dataclass
@@ -83,11 +87,24 @@ def _observation(v) -> tuple[float, float | None]:
     return float(v), None
 
 
+def _default(arms: Sequence[str]) -> str:
+    return DEFAULT_ARM if DEFAULT_ARM in arms else arms[0]
+
+
+def _over_default(p: Mapping[str, float], default: str) -> dict[str, float]:
+    """Raw shares (module docstring): each other arm gets max(0, P_a − P_default), the default the rest."""
+    raw = {a: max(0.0, float(p[a]) - float(p[default])) for a in p if a != default}
+    raw[default] = max(0.0, 1.0 - sum(raw.values()))
+    return raw
+
+
 def _start_probability(verdict: str, floor: float, arms: int) -> float:
-    """P(LSB-LT is best) that gives the diagnostic's starting share after the floor is applied."""
-    share = START_LSB_SHARE.get(verdict, 0.2)
+    """P(LSB-LT is best) that gives the diagnostic's starting share after the floor is applied: with the
+    other arms tied, raw = p − (1 − p)/(A − 1), so p = (raw·(A − 1) + 1)/A; *isolated* (raw 0) says
+    LSB-LT is likely worse, p = 0.02."""
     floor = min(floor, 1.0 / arms)
-    p = (share - floor) / (1 - arms * floor) if arms * floor < 1 else 0.5
+    raw = (START_LSB_SHARE.get(verdict, 0.2) - floor) / (1 - arms * floor) if arms * floor < 1 else 0.0
+    p = (raw * (arms - 1) + 1) / arms if raw > 0 else 0.02
     return float(np.clip(p, 0.02, 0.98))
 
 
@@ -112,10 +129,12 @@ def allocate(arms: Sequence[str], *, verdict: str | None = None, history: Sequen
     observed = [(age, a, *_observation(v)) for age, rnd in enumerate(reversed(list(history)))
                 for a, v in rnd.items() if a in arms and v is not None]
     observed = [o for o in observed if np.isfinite(o[2])]
-    if not observed:
-        lsb = START_LSB_SHARE.get(verdict, 0.2) if "lsb-lt" in arms else 0.0
-        rest = [a for a in arms if a != "lsb-lt"]
-        raw = {a: (lsb if a == "lsb-lt" else (1 - lsb) / len(rest)) for a in arms}
+    default = _default(arms)
+    if not observed:  # the default keeps what the diagnostic does not give LSB-LT; other arms start at the floor
+        raw = {a: 0.0 for a in arms}
+        if "lsb-lt" in arms and default != "lsb-lt":
+            raw["lsb-lt"] = START_LSB_SHARE.get(verdict, 0.2)
+        raw[default] = 1.0 - sum(raw.values())
         shares = _with_floor(raw, floor)
         return Allocation(shares, [f"no measured value yet: starting shares from the diagnostic ({verdict})"])
     values = np.asarray([o[2] for o in observed])
@@ -136,7 +155,7 @@ def allocate(arms: Sequence[str], *, verdict: str | None = None, history: Sequen
         posterior[a] = {"mean": mean, "sd": sd, "prior": prior, "observations": len(mine)}
         samples.append(rng.normal(mean, sd, size=draws))
     best = np.bincount(np.argmax(np.stack(samples), axis=0), minlength=len(arms)) / draws
-    shares = _with_floor(dict(zip(arms, best)), floor)
+    shares = _with_floor(_over_default(dict(zip(arms, best)), default), floor)
     reasons = [f"{a}: value per item {posterior[a]['mean']:+.3g} ± {posterior[a]['sd']:.2g} "
                f"({posterior[a]['observations']} round(s); prior {posterior[a]['prior']:+.2g}), "
                f"P(best) {p:.2f} → share {shares[a]:.2f}"
