@@ -1,12 +1,14 @@
 """Markdown summary of scenario runs (benchmarks/run_scenarios.sh) for BENCHMARKS.md.
 
 Usage: python benchmarks/summarize_scenarios.py runs/scenarios [--metrics s_captured,s_accuracy,accuracy]
-                                               [--also runs/other ...]
+                                               [--also runs/other ...] [--skip-also GROUP ...]
 Per run: each group's mean ± std, and its paired difference to the fair control Stat-AL (refit)
 (mean, wins/repeats, Wilcoxon p); then the error-clustering diagnostic of the seeding partition.
 ``--also ROOT`` adds the groups of the same-named runs under ROOT (runs are deterministic: a group present
 in both must have identical per-repeat figures, which is checked, so a new group can be run alone next to
-the reference group and compared with groups run earlier).
+the reference group and compared with groups run earlier). ``--skip-also GROUP`` leaves that group of the
+``--also`` roots out: a new version of a group (e.g. ``Auto (refit)`` after its rule changed) is compared
+with the fixed groups run earlier without the identity check failing on the old version.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def versus(test: dict | None) -> str:
     return f"{test['mean_diff']:+.3f} ({test['wins']}/{test['n']}{p})"
 
 
+SKIP: set[str] = set()  # --skip-also: groups of the --also roots left out
+
+
 def load(run: Path, also: list[Path]) -> dict:
     """results.json of ``run``, with the groups of the same-named runs under ``also`` merged in."""
     res = json.loads((run / "results.json").read_text())
@@ -45,6 +50,8 @@ def load(run: Path, also: list[Path]) -> dict:
         if other["repeats_done"] != res["repeats_done"]:
             raise SystemExit(f"{path}: repeats {other['repeats_done']} differ from {run}'s {res['repeats_done']}")
         for g in other["groups"]:
+            if g in SKIP:
+                continue
             if g in res["groups"]:
                 for table in ("table1", "table2"):
                     for m, v in other[table][g].items():
@@ -64,7 +71,10 @@ def main() -> None:
     ap.add_argument("root")
     ap.add_argument("--metrics", default="s_captured,s_accuracy,non_s_accuracy,accuracy,macro_f1")
     ap.add_argument("--also", action="append", default=[], type=Path, metavar="ROOT")
+    ap.add_argument("--skip-also", action="append", default=[], metavar="GROUP",
+                    help="leave this group of the --also roots out (repeatable)")
     args = ap.parse_args()
+    SKIP.update(args.skip_also)
     metrics = [m.strip() for m in args.metrics.split(",")]
     for run in sorted(p for p in Path(args.root).iterdir() if (p / "results.json").is_file()):
         res = load(run, args.also)
@@ -133,7 +143,8 @@ def _repeats(run: Path, also: list[Path]) -> dict[int, dict]:
             if g.is_file():
                 other = json.loads(g.read_text())
                 for mine, theirs in zip(rec["rounds"], other["rounds"]):
-                    mine["groups"] = {**theirs["groups"], **mine["groups"]}
+                    kept = {g: v for g, v in theirs["groups"].items() if g not in SKIP}
+                    mine["groups"] = {**kept, **mine["groups"]}
         out[rec["repeat"]] = rec
     return out
 
