@@ -8,7 +8,8 @@
 #     benchmarks/run_scenarios.sh runs/auto
 # Runs are deterministic, so a new group can run alone beside the reference group and be compared with
 # groups run before: ROUNDS=4 GROUPS_ARG="Stat-AL,Auto (refit)" benchmarks/run_scenarios.sh runs/auto2, then
-#   python benchmarks/summarize_scenarios.py runs/auto2 --also runs/auto   (checks Stat-AL is identical)
+#   python benchmarks/summarize_scenarios.py runs/auto2 --also runs/auto   (checks Stat-AL is identical;
+#   add --skip-also "Auto (refit)" when runs/auto2 holds a new version of a group runs/auto also has)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_ROOT=${1:-runs/scenarios}
