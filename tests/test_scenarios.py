@@ -134,7 +134,7 @@ def drift_run(tmp_path_factory):
     results = simulate(data, out=out, budget=60, initial=300, rounds=2, repeats=2, k=5, lsb_share=0.5,
                        classifier=CLF, scenario="drift", subpop="column:group=g3", relabel_to="world", recent=150,
                        recent_subpop=12, groups=["Stat-AL", "Stat-AL (refit)", "Stat-AL+LSB-LT@0.5"],
-                       lookalike_threshold=0.3, print_results=False, progress=False)
+                       lookalike_threshold=0.3, print_results=False, show_progress=False)
     return out, data, results
 
 
@@ -200,7 +200,7 @@ def test_resume_reads_s_back_and_cli_lists_clusters(drift_run, tmp_path, capsys)
     again = simulate(data, out=out, budget=60, initial=300, rounds=2, repeats=2, k=5, lsb_share=0.5,
                      classifier=CLF, scenario="drift", subpop="column:group=g3", relabel_to="world", recent=150,
                      recent_subpop=12, groups=["Stat-AL", "Stat-AL (refit)", "Stat-AL+LSB-LT@0.5"],
-                     lookalike_threshold=0.3, print_results=False, progress=False)
+                     lookalike_threshold=0.3, print_results=False, show_progress=False)
     assert again["table2"] == results["table2"]
     from broaden.simulate.scenario import print_clusters
 
