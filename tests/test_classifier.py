@@ -88,6 +88,26 @@ def test_save_load_round_trip(tmp_path, rng):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["classifier.json", "classifier.safetensors"]
 
 
+def test_calibrate_fits_the_temperature_on_the_held_out_rows(tmp_path, rng):
+    from scipy.special import softmax
+
+    from broaden.calibration import TemperatureScaler
+
+    X, y = blobs(rng, n=800, spread=2.5)  # overlapping classes and some label noise: T is far from 1
+    y = np.where(rng.random(len(y)) < 0.15, rng.integers(0, 3, len(y)), y)
+    plain = EmbeddingClassifier(hidden=(64,), max_epochs=60, patience=60).fit(X, y)
+    clf = EmbeddingClassifier(hidden=(64,), max_epochs=60, patience=60, calibrate=True).fit(X, y)
+    assert plain.temperature_ == 1.0 and np.array_equal(plain.decision_function(X), clf.decision_function(X))
+    # The same temperature TemperatureScaler finds on the held-out rows' logits, applied in predict_proba.
+    ref = TemperatureScaler().fit(clf.decision_function(X[clf.val_idx_]), y[clf.val_idx_]).temperature_
+    assert clf.temperature_ == pytest.approx(ref) and abs(clf.temperature_ - 1.0) > 0.05
+    np.testing.assert_allclose(clf.predict_proba(X), softmax(clf.decision_function(X) / ref, axis=1), atol=1e-6)
+    assert np.array_equal(clf.predict(X), plain.predict(X))  # a temperature never changes the argmax
+    clf.save(tmp_path / "m")
+    again = EmbeddingClassifier.load(tmp_path / "m")
+    assert again.temperature_ == clf.temperature_ and np.array_equal(again.predict_proba(X), clf.predict_proba(X))
+
+
 def test_load_rejects_mismatched_or_missing_files(tmp_path, rng):
     X, y = blobs(rng)
     EmbeddingClassifier(**FAST).fit(X, y).save(tmp_path / "m")

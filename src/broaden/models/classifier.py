@@ -46,7 +46,10 @@ class EmbeddingClassifier:
 
     ``hidden`` lists the hidden-layer widths (default one layer of 256). ``class_weight="balanced"``
     weights the loss by n / (C · count_c). Early stopping holds out ``val_fraction`` of the training rows
-    (stratified) and stops after ``patience`` epochs without a lower validation loss.
+    (stratified) and stops after ``patience`` epochs without a lower validation loss. ``calibrate=True``
+    then fits a temperature on those held-out rows (:class:`broaden.calibration.TemperatureScaler`, as
+    ``broaden train`` does) and ``predict_proba`` divides the logits by it (``temperature_``; 1 when off or
+    when fewer than ``MIN_ROWS`` rows were held out).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class EmbeddingClassifier:
         standardize: bool = True,
         seed: int = 0,
         num_threads: int | None = 1,
+        calibrate: bool = False,
     ):
         self.hidden = (hidden,) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
         self.lr = lr
@@ -79,6 +83,8 @@ class EmbeddingClassifier:
         self.standardize = standardize
         self.seed = seed
         self.num_threads = num_threads
+        self.calibrate = bool(calibrate)
+        self.temperature_ = 1.0
         self.model_: nn.Sequential | None = None
         self.num_classes_: int | None = None
         self.n_features_: int | None = None
@@ -94,7 +100,7 @@ class EmbeddingClassifier:
                 "dropout": self.dropout, "batch_size": self.batch_size, "max_epochs": self.max_epochs,
                 "patience": self.patience, "val_fraction": self.val_fraction,
                 "class_weight": self.class_weight, "standardize": self.standardize, "seed": self.seed,
-                "num_threads": self.num_threads}
+                "num_threads": self.num_threads, "calibrate": self.calibrate}
 
     # --------------------------------------------------------------------------------- training
     def fit(self, X: np.ndarray, y: np.ndarray, *, num_classes: int | None = None,
@@ -123,6 +129,13 @@ class EmbeddingClassifier:
             torch.manual_seed(self.seed)
             self.model_ = _mlp(X.shape[1], self.hidden, C, self.dropout)
             self._train(self._scaled(X), y, sw, train_idx, val_idx, weights, rng)
+        self.temperature_ = 1.0
+        if self.calibrate:
+            from broaden.calibration import MIN_ROWS, TemperatureScaler
+
+            if len(val_idx) >= MIN_ROWS:
+                self.temperature_ = float(TemperatureScaler().fit(self.decision_function(X[val_idx]),
+                                                                  y[val_idx]).temperature_)
         return self
 
     def _check_xy(self, X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -224,8 +237,8 @@ class EmbeddingClassifier:
         return self._forward(X, None).astype(np.float64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, C), float64 rows summing to 1."""
-        logits = self.decision_function(X)
+        """Class probabilities (n, C), float64 rows summing to 1 (softmax of the logits / ``temperature_``)."""
+        logits = self.decision_function(X) / self.temperature_
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
@@ -252,7 +265,7 @@ class EmbeddingClassifier:
         tensors["input.scale"] = torch.from_numpy(np.asarray(self.scale_, np.float32))
         config = {"format_version": FORMAT_VERSION, "params": self.get_params(),
                   "num_classes": self.num_classes_, "n_features": self.n_features_,
-                  "best_epoch": self.best_epoch_}
+                  "best_epoch": self.best_epoch_, "temperature": self.temperature_}
         d = Path(directory)
         # Both files are swapped in together, so weights and config always belong to the same fit.
         with atomic_dir(d) as tmp:
@@ -277,6 +290,7 @@ class EmbeddingClassifier:
         clf = cls(**params)
         clf.num_classes_, clf.n_features_ = int(config["num_classes"]), int(config["n_features"])
         clf.best_epoch_ = config.get("best_epoch")
+        clf.temperature_ = float(config.get("temperature", 1.0))
         clf.model_ = _mlp(clf.n_features_, clf.hidden, clf.num_classes_, clf.dropout)
         state = {k[len("mlp."):]: v for k, v in tensors.items() if k.startswith("mlp.")}
         try:
