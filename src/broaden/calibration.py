@@ -98,21 +98,21 @@ class TemperatureScaler:
         """Calibrated probabilities softmax(z / T), float64 rows summing to 1."""
         if self.temperature_ is None:
             raise ValueError("TemperatureScaler is not fitted; call fit() or read_calibration() first")
-        z = self._scores(scores) / self.temperature_
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
+        from broaden.io import softmax
+
+        return softmax(self._scores(scores) / self.temperature_)
 
     def fit_transform(self, scores, labels) -> np.ndarray:
         return self.fit(scores, labels).transform(scores)
 
     def summary(self, scores, labels) -> dict:
         """T and how NLL, ECE and Brier on (``scores``, ``labels``) change with it (what train records)."""
+        from broaden.io import softmax
+
+        after = self.transform(scores)  # raises when not fitted
         z = self._scores(scores)
         y = np.asarray(labels).astype(np.int64)
-        before = np.exp(z - z.max(axis=1, keepdims=True))
-        before /= before.sum(axis=1, keepdims=True)
-        after = self.transform(scores)
+        before = softmax(z)
         return {"temperature": self.temperature_, "n": int(len(y)),
                 "nll_before": self.nll(z, y, 1.0), "nll_after": self.nll(z, y, self.temperature_),
                 "ece_before": expected_calibration_error(y, before), "ece_after": expected_calibration_error(y, after),

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from broaden.errors import ClassifierError
-from broaden.io import atomic_dir
+from broaden.io import atomic_dir, softmax
 from broaden.models.text import torch_threads as _threads
 
 WEIGHTS_FILE = "classifier.safetensors"
@@ -238,10 +238,7 @@ class EmbeddingClassifier:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (n, C), float64 rows summing to 1 (softmax of the logits / ``temperature_``)."""
-        logits = self.decision_function(X) / self.temperature_
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        return softmax(self.decision_function(X) / self.temperature_)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
