@@ -50,7 +50,7 @@ def round_finish(ws: Workspace, *, round: int | None = None, allow_pending: bool
                 "needs one more vote), or pass --allow-pending to finish anyway (unlabelled items can be selected "
                 "again later; `broaden status` lists them all)"
             )
-        labeled = ws.labeled_table(ledger)
+        labeled = ws.labeled_table(ledger, consensus=consensus)
         if labeled.num_rows == 0:
             raise WorkspaceError(f"round {number}: nothing is labelled yet, so there is nothing to train on")
         refuse_eval_ids(cfg, labeled.column(cols.id).to_pylist(), f"round {number}: refusing to train on")

@@ -60,7 +60,7 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
         consensus = ws.resolve(ledger)
         counts = ledger.counts()
         allocations = {r["round"]: ledger.get_meta(f"allocation:{r['round']}") for r in rounds}
-        diagnosis = _diagnosis(ws, ledger)
+        diagnosis = _diagnosis(ws, ledger, consensus)
     resolved = consensus.items
     open_numbers = {r["round"] for r in rounds if r["status"] == "open"}
     by_open: dict[int, list] = defaultdict(list)
@@ -128,7 +128,7 @@ def _named(annotators: list[dict] | None, class_names: list[str]) -> list[dict] 
                  else str(a["worst_class"])} for a in annotators]
 
 
-def _diagnosis(ws: Workspace, ledger) -> dict | None:
+def _diagnosis(ws: Workspace, ledger, consensus) -> dict | None:
     """The error-clustering diagnostic of the latest finished round's labels (None before one finished)."""
     from broaden.auto import diagnose
     from broaden.errors import BroadenError
@@ -138,7 +138,7 @@ def _diagnosis(ws: Workspace, ledger) -> dict | None:
         return None
     cfg = ws.config
     try:
-        labeled = ws.labeled_table(ledger, scored=True)
+        labeled = ws.labeled_table(ledger, scored=True, consensus=consensus)
         recent = [it["item_key"] for it in ledger.items(finished[-1])]
         return diagnose(labeled, recent=recent, seed_threshold=cfg.seed_threshold, discrepancy=cfg.discrepancy,
                         columns=cfg.cols, seed=cfg.seed).to_dict()

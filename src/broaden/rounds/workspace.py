@@ -242,13 +242,15 @@ class Workspace:
                 out.update(((k, rnd), p) for k, p in zip(key_strings(batch.column(cols.id)), matrix(batch, cols.probs)))
         return out
 
-    def labeled_table(self, ledger: Ledger, *, include_initial: bool = True, scored: bool = False) -> pa.Table:
+    def labeled_table(self, ledger: Ledger, *, include_initial: bool = True, scored: bool = False,
+                      consensus: Consensus | None = None) -> pa.Table:
         """Everything labelled so far: the config's initial labelled table plus every workspace item whose
         votes resolve to a label (:meth:`resolve`; majority-vote ties left out). Columns: id (as text), label,
         probs (as scored when selected: out-of-sample), embedding, embedding_version, round, strategy.
-        ``scored`` keeps only rows with probabilities (what seeds and the error-clustering diagnostic need)."""
+        ``scored`` keeps only rows with probabilities (what seeds and the error-clustering diagnostic need).
+        ``consensus``: :meth:`resolve`'s result when the caller already has it for this ledger."""
         cfg, cols = self.config, self.config.cols
-        resolved = self.resolve(ledger).items
+        resolved = (consensus or self.resolve(ledger)).items
         parts = []
         by_round: dict[int, dict[str, int]] = {}
         # An item relabelled in a later round is one labelled item: its row from the round that first sent it

@@ -26,8 +26,6 @@ from broaden.report.sources.common import (CALIBRATION_COLUMNS, TABLE2_COLUMNS, 
                                            flat_metrics, item_discrepancy, read_parquet)
 
 LEDGER_FILE = "ledger.sqlite"
-CONFIG_FILE = "config.yaml"
-EVAL_PREDICTIONS = "eval_predictions.parquet"
 YIELD_LEVEL = 0.9
 TABLE1_COLUMNS = (
     MetricColumn("multiclass_loss", "MC loss (Eq. 11)"),
@@ -64,14 +62,16 @@ def read_only_ledger(path: Path) -> Iterator:
 
 
 def load_workspace(path: Path, ctx: MediaContext) -> ReportData:
-    from broaden.rounds import Workspace, load_config
+    from broaden.rounds import Workspace
+    from broaden.rounds.finish import EVAL_PREDICTIONS
     from broaden.rounds.stopping import round_tallies, workspace_signals
 
-    cfg = load_config(path / CONFIG_FILE)
+    ws = Workspace(path)
+    cfg = ws.config
     with read_only_ledger(path / LEDGER_FILE) as ledger:
         rounds = [dict(r) for r in ledger.rounds()]
         items = [dict(r) for r in ledger.items()]
-        resolved = Workspace(path).resolve(ledger).items  # the workspace's label_resolution, as training used
+        resolved = ws.resolve(ledger).items  # the workspace's label_resolution, as training used
         allocations = {r["round"]: json.loads(a) for r in rounds
                        if (a := ledger.get_meta(f"allocation:{r['round']}"))}
     labels = {key: res.label for key, res in resolved.items() if res.label is not None}
@@ -183,6 +183,8 @@ def _table1(items: list[dict], batches: dict, cfg) -> MetricTable | None:
 
 
 def _curves(path: Path, finished: list[dict]) -> list[ScoreSet] | None:
+    from broaden.rounds.finish import EVAL_PREDICTIONS
+
     sets = []
     for r in finished:
         t = read_parquet([path / "rounds" / f"{r['round']:04d}" / EVAL_PREDICTIONS], columns=["label", "probs"])
