@@ -201,9 +201,9 @@ def coreset_strategy(pool, n: int, ctx: SelectContext):
     o = DiversityOptions.from_options(ctx.options)
     _require_embedding(pool, ctx, "coreset")
     ids, _ = _by_uncertainty(pool, o.size(n), ctx, o.uncertainty)
-    x, _ = candidate_embeddings(pool, ids, ctx)
     if not len(ids):
         return ids, np.empty(0)
+    x, _ = candidate_embeddings(pool, ids, ctx)
     centers = _in_metric(_labelled_embeddings(ctx, x.shape[1], "coreset"), o.metric)
     picks, dist = kcenter_greedy(_in_metric(x, o.metric), n, centers=centers, seed=ctx.seed)
     return ids[picks], _metric_distance(dist, o.metric), _details(candidate_rank=picks + 1)
@@ -240,9 +240,9 @@ def badge_strategy(pool, n: int, ctx: SelectContext):
     o = DiversityOptions.from_options(ctx.options)
     _require_embedding(pool, ctx, "badge")
     ids, _ = _by_uncertainty(pool, o.size(n), ctx, o.uncertainty)
-    x, p = candidate_embeddings(pool, ids, ctx, probs=True)
     if not len(ids):
         return ids, np.empty(0)
+    x, p = candidate_embeddings(pool, ids, ctx, probs=True)
     picks, d2 = badge_seeding(p, x, n, seed=ctx.seed)
     return ids[picks], d2, _details(candidate_rank=picks + 1)
 
@@ -270,9 +270,9 @@ def cluster_margin_strategy(pool, n: int, ctx: SelectContext):
     o = DiversityOptions.from_options(ctx.options)
     _require_embedding(pool, ctx, "cluster_margin")
     ids, margins = _by_uncertainty(pool, o.size(n), ctx, "margin")
-    x, _ = candidate_embeddings(pool, ids, ctx)
     if not len(ids):
         return ids, margins
+    x, _ = candidate_embeddings(pool, ids, ctx)
     _, cluster = kmeans(_in_metric(x, o.metric), o.n_clusters or min(n, MAX_CLUSTERS), seed=ctx.seed)
     k = int(cluster.max()) + 1
     size = np.bincount(cluster, minlength=k)
@@ -295,10 +295,9 @@ def typiclust_strategy(pool, n: int, ctx: SelectContext):
     _require_embedding(pool, ctx, "typiclust")
     ids, _ = random_strategy(pool, o.size(n), ctx)
     ids = np.asarray(ids)
-    x, _ = candidate_embeddings(pool, ids, ctx)
     if not len(ids):
         return ids, np.empty(0)
-    x = _in_metric(x, o.metric)
+    x = _in_metric(candidate_embeddings(pool, ids, ctx)[0], o.metric)
     labelled = _in_metric(_labelled_embeddings(ctx, x.shape[1], "typiclust"), o.metric)
     n_lab = 0 if labelled is None else len(labelled)
     centroids, cluster = kmeans(x, o.n_clusters or min(n + n_lab, MAX_CLUSTERS), seed=ctx.seed)
