@@ -58,7 +58,8 @@ def infer(model: MultimodalClassifier, featurizer: Featurizer, tables: Iterable[
             dim = model.backbone.width
             yield Scored(table, prepared.rows, np.zeros((0, num_classes), np.float32),
                          np.zeros((0, dim), np.float32), [] if model.config.fusion == "vlmae" else None,
-                         prepared.errors, np.zeros((mc_dropout, 0, num_classes), np.float32) if mc_dropout else None)
+                         prepared.errors, np.zeros((mc_dropout, 0, num_classes), np.float32) if mc_dropout else None,
+                         np.zeros((0, num_classes), np.float32))
             continue
         batch = prepared.batch.to(device)
         passes = None

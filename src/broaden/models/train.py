@@ -262,7 +262,7 @@ class _Trainer:
         for scored in infer(self.model, self.eval_feat, _slices(self.eval_table, self.cfg.train.eval_batch_size),
                             device=self.device):
             probs.append(scored.probs)
-            logits.append(scored.logits if scored.logits is not None else np.zeros_like(scored.probs))  # no rows
+            logits.append(scored.logits)
             labels.append(labels_array(scored.table.column(self.cfg.columns.label))[scored.rows])
         return np.concatenate(labels), np.concatenate(probs), np.concatenate(logits)
 
