@@ -225,9 +225,12 @@ class RepeatRun:
             labels: np.ndarray | None = None) -> EmbeddingClassifier:
         """The classifier on ``rows`` with ``labels`` (by row; None: the single votes ``given``)."""
         rows = rows if sample is None else rows[sample]
-        clf = EmbeddingClassifier(**{**self.cfg.classifier, "seed": seed})
         y = (self.given if labels is None else labels)[rows]
-        return clf.fit(self.data.features[rows], y, num_classes=self.data.num_classes)
+        return self.fit_features(self.data.features[rows], y, seed)
+
+    def fit_features(self, X: np.ndarray, y: np.ndarray, seed: int) -> EmbeddingClassifier:
+        """The repeat's classifier (the configured one, seeded) on features ``X`` and labels ``y``."""
+        return EmbeddingClassifier(**{**self.cfg.classifier, "seed": seed}).fit(X, y, num_classes=self.data.num_classes)
 
     def model_seed(self, round_: int) -> int:
         # Same seed for every group in a round: differences come from the data, not the initialisation.
@@ -483,9 +486,7 @@ class RepeatRun:
         arm = {int(r): arm_of(s) for r, s in zip(sel.rows, sel.strategy)}
         values = strategy_values(self.data.features[labeled], self.given[labeled], [arm.get(int(r)) for r in labeled],
                                  self.data.features[self.validation], self.given[self.validation],
-                                 fit=lambda X, y: EmbeddingClassifier(**{**self.cfg.classifier,
-                                                                         "seed": self.model_seed(round_)}).fit(
-                                     X, y, num_classes=self.data.num_classes),
+                                 fit=lambda X, y: self.fit_features(X, y, self.model_seed(round_)),
                                  full_model=model, num_classes=self.data.num_classes, metric=self.cfg.auto_metric,
                                  draws=self.cfg.auto_draws, seed=self.seed)
         self.auto_history[spec.name].append({a: {"value": v["value"], "se": v["se"]} for a, v in values.items()})
