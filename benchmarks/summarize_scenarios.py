@@ -36,11 +36,8 @@ def versus(test: dict | None) -> str:
     return f"{test['mean_diff']:+.3f} ({test['wins']}/{test['n']}{p})"
 
 
-SKIP: set[str] = set()  # --skip-also: groups of the --also roots left out
-
-
-def load(run: Path, also: list[Path]) -> dict:
-    """results.json of ``run``, with the groups of the same-named runs under ``also`` merged in."""
+def load(run: Path, also: list[Path], skip: frozenset[str] = frozenset()) -> dict:
+    """results.json of ``run``, with the groups of the same-named runs under ``also`` merged in (but ``skip``)."""
     res = json.loads((run / "results.json").read_text())
     for root in also:
         path = root / run.name / "results.json"
@@ -50,7 +47,7 @@ def load(run: Path, also: list[Path]) -> dict:
         if other["repeats_done"] != res["repeats_done"]:
             raise SystemExit(f"{path}: repeats {other['repeats_done']} differ from {run}'s {res['repeats_done']}")
         for g in other["groups"]:
-            if g in SKIP:
+            if g in skip:
                 continue
             if g in res["groups"]:
                 for table in ("table1", "table2"):
@@ -74,10 +71,12 @@ def main() -> None:
     ap.add_argument("--skip-also", action="append", default=[], metavar="GROUP",
                     help="leave this group of the --also roots out (repeatable)")
     args = ap.parse_args()
-    SKIP.update(args.skip_also)
+    skip = frozenset(args.skip_also)
     metrics = [m.strip() for m in args.metrics.split(",")]
+    runs = []
     for run in sorted(p for p in Path(args.root).iterdir() if (p / "results.json").is_file()):
-        res = load(run, args.also)
+        res = load(run, args.also, skip)
+        runs.append(res | {"name": run.name})
         cfg = res["config"]
         sc = cfg.get("scenario") or {}
         print(f"\n#### {run.name} — {sc.get('kind')}"
@@ -109,13 +108,13 @@ def main() -> None:
                 if not other.startswith("Auto"):
                     print(f"| {other} | " + " | ".join(versus(paired_test(
                         res["table2"][group][m]["values"], res["table2"][other][m]["values"])) for m in shown) + " |")
-    auto_verdict(Path(args.root), args.also)
-    predictors(Path(args.root), args.also)
+    auto_verdict(runs)
+    predictors(Path(args.root), args.also, skip)
 
 
-def auto_verdict(root: Path, also: list[Path]) -> None:
-    """Each Auto group against the best fixed group and the paper's 80/20 mix, on accuracy after the last round."""
-    runs = [load(f.parent, also) | {"name": f.parent.name} for f in sorted(root.glob("*/results.json"))]
+def auto_verdict(runs: list[dict]) -> None:
+    """Each Auto group against the best fixed group and the paper's 80/20 mix, on accuracy after the last round
+    (``runs``: each run's merged results.json with its ``name``)."""
     autos = sorted({g for r in runs for g in r["groups"] if g.startswith("Auto")})
     for auto in autos:
         print(f"\n#### {auto} against the best fixed group and the fixed 80/20 mix (accuracy after the last round; "
@@ -133,8 +132,8 @@ def auto_verdict(root: Path, also: list[Path]) -> None:
                   f"{versus(paired_test(acc[auto], acc[best]))} | {mix} | {'yes' if differ else 'no'} |")
 
 
-def _repeats(run: Path, also: list[Path]) -> dict[int, dict]:
-    """Per repeat: the round groups of ``run`` and of the same-named runs under ``also``, merged."""
+def _repeats(run: Path, also: list[Path], skip: frozenset[str]) -> dict[int, dict]:
+    """Per repeat: the round groups of ``run`` and of the same-named runs under ``also`` (but ``skip``), merged."""
     out = {}
     for f in sorted((run / "repeats").glob("repeat-*.json")):
         rec = json.loads(f.read_text())
@@ -143,13 +142,14 @@ def _repeats(run: Path, also: list[Path]) -> dict[int, dict]:
             if g.is_file():
                 other = json.loads(g.read_text())
                 for mine, theirs in zip(rec["rounds"], other["rounds"]):
-                    kept = {g: v for g, v in theirs["groups"].items() if g not in SKIP}
+                    kept = {g: v for g, v in theirs["groups"].items() if g not in skip}
                     mine["groups"] = {**kept, **mine["groups"]}
         out[rec["repeat"]] = rec
     return out
 
 
-def predictors(root: Path, also: list[Path], lsb: str = "Stat-AL+LSB-LT@0.5", control: str = CONTROL) -> None:
+def predictors(root: Path, also: list[Path], skip: frozenset[str], lsb: str = "Stat-AL+LSB-LT@0.5",
+               control: str = CONTROL) -> None:
     """How well the round-1 signals predicted whether broadening paid: per repeat, the diagnostic's lift and
     each Auto group's measured value difference (LSB-LT − Stat-AL, round 1) against the round-1 accuracy
     difference of ``lsb`` and ``control`` (Spearman ρ over all repeats; sign agreement)."""
@@ -157,7 +157,7 @@ def predictors(root: Path, also: list[Path], lsb: str = "Stat-AL+LSB-LT@0.5", co
 
     rows = []
     for run in sorted(p for p in root.iterdir() if (p / "repeats").is_dir()):
-        for rec in _repeats(run, also).values():
+        for rec in _repeats(run, also, skip).values():
             g = rec["rounds"][0]["groups"]
             if lsb not in g or control not in g:
                 continue
