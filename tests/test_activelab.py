@@ -119,3 +119,16 @@ def test_bad_annotations_are_named(rng, tmp_path):
         select(pool, "activelab", 5, annotations=wrong)
     with pytest.raises(SelectionError, match="no such file"):
         select(pool, "activelab", 5, annotations=str(tmp_path / "none.csv"))
+
+
+def test_diverse_activelab_relabels_like_activelab(rng):
+    """The diverse wrapper keeps the inner strategy's right to send annotated items again: its candidates
+    are ActiveLab's lowest scores over new and annotated items, re-ranked for coverage."""
+    pool, votes, ids, ref = world(rng)
+    pool = pool.append_column("embedding", pa.array(rng.normal(size=(len(ids), 4)).astype(np.float32).tolist(),
+                                                    pa.list_(pa.float32())))
+    out = select(pool, "diverse(activelab)", 10, annotations=votes, candidate_factor=4)
+    picked = out.column("id").to_pylist()
+    assert set(picked) <= set(lowest(ref, ids, 40))  # from ActiveLab's top 4 × 10
+    assert any(i < 60 for i in picked)  # annotated items go out again
+    assert out.column("relabel").to_pylist() == [i < 60 for i in picked]

@@ -127,8 +127,9 @@ def _wrapped(name: str) -> Strategy | None:
         return None
     wrap, options = _WRAPPERS[m.group(1)]
     inner = get_strategy(m.group(2).strip())
+    # The wrapper re-ranks the inner strategy's candidates, so it may relabel exactly when the inner one may.
     return Strategy(name.strip(), wrap(inner), inner.needs_labeled,
-                    None if inner.options is None else (*inner.options, *options))
+                    None if inner.options is None else (*inner.options, *options), inner.relabels)
 
 
 def get_mix(name: str) -> MixResolver | None:
