@@ -229,3 +229,30 @@ def test_atomic_dir_swaps_the_whole_folder_or_nothing(tmp_path):
         (d / "c.txt").write_text("3")
     assert [p.name for p in target.iterdir()] == ["c.txt"]  # replaced as a whole, no stale files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_fetch_rows_in_the_order_asked_with_chosen_columns(tmp_path):
+    """fetch_rows returns the rows of the ids asked, in their order, every column or only those named;
+    an id not in the pool is an error, or left out with missing="skip"."""
+    from broaden.errors import SelectionError
+    from broaden.io.pool import Pool
+
+    t = _table(n=100, text=[f"item {i}" for i in range(100)])
+    (tmp_path / "dir").mkdir()
+    for i in range(4):
+        pq.write_table(t.slice(i * 25, 25), tmp_path / "dir" / f"part-{i}.parquet")
+    want = np.array([73, 2, 50, 26])
+    for source in (t, tmp_path / "dir"):
+        pool = Pool.of(source)
+        full = pool.fetch_rows(want, batch_size=10)
+        assert full.column_names == t.column_names
+        assert full.to_pydict() == t.take(pa.array(want)).to_pydict()
+        some = pool.fetch_rows(want, columns=["probs", "text"])
+        assert some.column_names == ["id", "probs", "text"]
+        assert some.to_pydict() == t.select(["id", "probs", "text"]).take(pa.array(want)).to_pydict()
+        with pytest.raises(SelectionError, match=r"1 requested id\(s\) are not in the pool, e.g. 999"):
+            pool.fetch_rows(np.array([2, 999]))
+        assert pool.fetch_rows(np.array([999, 2, 998]), missing="skip").column("id").to_pylist() == [2]
+        assert pool.fetch_rows(np.array([999]), columns=["text"], missing="skip").column_names == ["id", "text"]
+        with pytest.raises(ScoredTableError, match="nope"):
+            pool.fetch_rows(want, columns=["nope"])

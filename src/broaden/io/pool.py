@@ -175,15 +175,23 @@ class Pool:
                 found.add(keys[wanted.contains(keys)])
         return found.contains(ids)
 
-    def fetch_rows(self, ids: np.ndarray, batch_size: int = BATCH_SIZE) -> pa.Table:
-        """The pool rows whose ids are in ``ids``, every column, in the order of ``ids`` (one streaming pass).
+    def fetch_rows(self, ids: np.ndarray, batch_size: int = BATCH_SIZE, *, columns: Sequence[str] | None = None,
+                   missing: str = "raise") -> pa.Table:
+        """The pool rows whose ids are in ``ids``, in the order of ``ids`` (one streaming pass), with every
+        column or only ``columns`` (the id column always comes first).
 
-        An id that is not in the pool is an error (never a silently wrong row)."""
+        An id that is not in the pool is an error (never a silently wrong row); with ``missing="skip"`` its
+        row is left out instead, for a caller that names the missing ids in its own words."""
+        if missing not in ("raise", "skip"):
+            raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
         id_col = self.columns.id
+        read = None if columns is None else [id_col, *(c for c in dict.fromkeys(columns) if c != id_col)]
+        if read is not None:
+            self.require(read)
         wanted = IdSet(ids)
         parts, keys = [], []
         with track("collecting selected rows", self.num_rows, transient=True) as advance:
-            for batch, _, _ in self._sourced(None, batch_size):
+            for batch, _, _ in self._sourced(read, batch_size):
                 k = id_keys(batch.column(id_col))
                 hit = wanted.contains(k)
                 if hit.any():
@@ -192,10 +200,11 @@ class Pool:
                 advance(batch.num_rows)
         want = np.asarray(ids)
         if not parts:
-            if want.size:
+            if want.size and missing == "raise":
                 raise SelectionError(f"{self.name}: none of the {want.size} requested ids is in the pool, "
                                      f"e.g. {want.tolist()[0]!r}")
-            return self.schema.empty_table()
+            schema = self.schema if read is None else pa.schema([self.schema.field(c) for c in read])
+            return schema.empty_table()
         table = pa.concat_tables(parts, promote_options="default")
         found = np.concatenate(keys)
         order = np.argsort(found, kind="stable")
@@ -207,10 +216,12 @@ class Pool:
         elif not np.issubdtype(found.dtype, np.integer):
             want = want.astype(str)
         pos = np.minimum(np.searchsorted(found[order], want), len(order) - 1)
-        missing = (found[order][pos] != want) | ~parsed
-        if missing.any():
-            raise SelectionError(f"{self.name}: {int(missing.sum())} requested id(s) are not in the pool, "
-                                 f"e.g. {np.asarray(ids)[missing].tolist()[0]!r}")
+        absent = (found[order][pos] != want) | ~parsed
+        if absent.any():
+            if missing == "raise":
+                raise SelectionError(f"{self.name}: {int(absent.sum())} requested id(s) are not in the pool, "
+                                     f"e.g. {np.asarray(ids)[absent].tolist()[0]!r}")
+            pos = pos[~absent]
         return table.take(pa.array(order[pos], type=pa.int64()))
 
     # ------------------------------------------------------------------------- LSB's embeddings

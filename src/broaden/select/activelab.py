@@ -118,11 +118,6 @@ def read_annotations(annotations) -> pa.Table:
                      "label": labels.cast(pa.int64())})
 
 
-def annotated_ids(annotations) -> IdSet:
-    """The ids the votes name: the relabel candidates."""
-    return IdSet(id_keys(read_annotations(annotations).column("id")))
-
-
 def _wide(votes: pa.Table, keys: np.ndarray, num_classes: int) -> np.ndarray:
     """(len(keys), annotators) labels, NaN where an annotator did not label an item, rows in ``keys`` order."""
     ids = id_keys(votes.column("id"))
@@ -148,12 +143,12 @@ def activelab_strategy(pool, n: int, ctx: SelectContext):
     votes = read_annotations(annotations) if annotations is not None else None
     if votes is not None and votes.num_rows:
         wanted = np.unique(id_keys(votes.column("id")))
-        present = source.contains(wanted)
-        if not present.all():
-            raise SelectionError(f"annotations name {int((~present).sum())} id(s) that are not in the pool, e.g. "
-                                 f"{wanted[~present].tolist()[0]!r}; put the items to relabel in the pool")
-        rows = source.fetch_rows(wanted)
+        rows = source.fetch_rows(wanted, columns=[ctx.columns.probs], missing="skip")
         keys = id_keys(rows.column(ctx.columns.id))
+        if len(keys) < len(wanted):
+            absent = ~IdSet(keys).contains(wanted)
+            raise SelectionError(f"annotations name {int(absent.sum())} id(s) that are not in the pool, e.g. "
+                                 f"{wanted[absent].tolist()[0]!r}; put the items to relabel in the pool")
         probs = list_matrix(rows.column(ctx.columns.probs), dtype=np.float64)
         scorer = ActiveLab(_wide(votes, keys, probs.shape[1]), probs)
     else:

@@ -41,8 +41,8 @@ from broaden.errors import SelectionError
 from broaden.io.ids import IdSet, as_ids
 from broaden.io.inputs import as_scored
 from broaden.io.pool import Pool
-from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns, check_writable, write_table
-from broaden.select.activelab import annotated_ids
+from broaden.io.table import BATCH_SIZE, DEFAULT_COLUMNS, Columns, check_writable, id_keys, write_table
+from broaden.select.activelab import read_annotations
 from broaden.select.registry import SelectContext, check_labeled, check_options, get_mix, get_strategy
 
 def parse_spec(spec: str | Mapping[str, float]) -> list[tuple[str, float]]:
@@ -149,12 +149,15 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
     known = source.labelled_ids(batch_size)
     # Items offered for relabelling: only a relabelling strategy may pick them, labelled as they may be.
     relabeling = any(s.relabels for s in strategies) and options.get("annotations") is not None
-    annotated = annotated_ids(options["annotations"]) if relabeling else IdSet()
+    options = dict(options)
+    if relabeling:  # read once: the relabelling strategy gets the parsed votes, not the file again
+        options["annotations"] = read_annotations(options["annotations"])
+    annotated = IdSet(id_keys(options["annotations"].column("id"))) if relabeling else IdSet()
     relabel_exclude = user_exclude.union(IdSet(known).difference(annotated))
     if len(known):
         user_exclude = user_exclude.union(known)
     ctx = SelectContext(columns=columns, exclude=user_exclude, seed=seed, labeled=labeled,
-                        options=dict(options), batch_size=batch_size, engine=engine)
+                        options=options, batch_size=batch_size, engine=engine)
     if mix_report is not None:
         ctx.reports[mix_name] = mix_report
     for s in strategies:
@@ -170,7 +173,6 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         )
 
     quotas = largest_remainder(budget, [share for _, share in plan])
-    chosen = user_exclude.union(())
     picked = IdSet()
     picks: list[tuple[str, np.ndarray, np.ndarray, pa.Table | None]] = []
     exhausted = [False] * len(plan)
@@ -178,7 +180,7 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
 
     def run(i: int, want: int) -> int:
         s = strategies[i]
-        ctx.exclude = relabel_exclude.union(picked) if s.relabels else chosen.union(annotated)
+        ctx.exclude = (relabel_exclude if s.relabels else user_exclude.union(annotated)).union(picked)
         ids, scores, *rest = s.fn(pool, want, ctx)
         details = rest[0] if rest else None  # optional provenance, one row per returned id
         ids, scores = np.asarray(ids), np.asarray(scores, dtype=np.float64)
@@ -189,7 +191,6 @@ def _select(pool, strategy, budget: int, *, exclude, seed: int, labeled, columns
         ids, scores = ids[fresh][:want], scores[fresh][:want]
         if details is not None:
             details = details.filter(pa.array(fresh)).slice(0, len(ids))
-        chosen.add(ids)
         picked.add(ids)
         if len(ids):
             picks.append((s.name, ids, scores, details))
