@@ -349,7 +349,7 @@ def test_bad_options_and_inputs_are_clear_errors(rng):
     for options, message in [({"candidate_factor": 0.5}, "candidate_factor must be a finite number >= 1"),
                              ({"metric": "manhattan"}, "metric must be one of cosine, l2"),
                              ({"n_clusters": 0}, "n_clusters must be a positive integer"),
-                             ({"n_clusters": 2.5}, "n_clusters must be an integer"),
+                             ({"n_clusters": 2.5}, "n_clusters: 2.5 is not an integer"),
                              ({"uncertainty": "variance"}, "uncertainty must be one of"),
                              ({"candidate_factr": 3}, "unknown strategy option.*'candidate_factr'")]:
         with pytest.raises(SelectionError, match=message):

@@ -58,7 +58,9 @@ from broaden.errors import SelectionError
 from broaden.io import IdSet, Pool, list_matrix, load_scored
 from broaden.select import scores as S
 from broaden.select.cluster import badge_seeding, kcenter_greedy, kmeans, typicality
-from broaden.select.registry import SelectContext, Strategy, get_strategy, register_strategy, register_wrapper
+from broaden.select.registry import (
+    SelectContext, Strategy, get_strategy, option_number, register_strategy, register_wrapper,
+)
 from broaden.select.strategies import random_keys, random_strategy
 from broaden.topk import rank_order
 
@@ -79,7 +81,7 @@ class DiversityOptions:
     @classmethod
     def from_options(cls, options: dict) -> DiversityOptions:
         factor = options.get("candidate_factor")
-        factor = cls.candidate_factor if factor is None else _number("candidate_factor", factor, float)
+        factor = cls.candidate_factor if factor is None else option_number("candidate_factor", factor, float)
         if not factor >= 1 or not math.isfinite(factor):
             raise SelectionError(f"candidate_factor must be a finite number >= 1, got {factor!r}")
         kind = options.get("uncertainty") or cls.uncertainty
@@ -89,7 +91,7 @@ class DiversityOptions:
         if metric not in METRICS:
             raise SelectionError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         k = options.get("n_clusters")
-        k = None if k is None else _number("n_clusters", k, int)
+        k = None if k is None else option_number("n_clusters", k, int)
         if k is not None and k < 1:
             raise SelectionError(f"n_clusters must be a positive integer, got {k}")
         return cls(candidate_factor=factor, uncertainty=kind, metric=metric, n_clusters=k)
@@ -97,17 +99,6 @@ class DiversityOptions:
     def size(self, n: int) -> int:
         """How many candidates to keep for a share of ``n`` items."""
         return math.ceil(self.candidate_factor * n)
-
-
-def _number(option: str, value, kind: type):
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or (kind is int and number != float(value)):
-        what = "an integer" if kind is int else "a number"
-        raise SelectionError(f"{option} must be {what}, got {value!r}") from None
-    return number
 
 
 # ---------------------------------------------------------------------------------- the two passes

@@ -34,7 +34,7 @@ from broaden.io import IdSet, Pool, check_same_classes, id_keys, labels_array, l
 from broaden.select import scores as S
 from broaden.select.cleaning import rank_label_issues
 from broaden.select.mix import largest_remainder
-from broaden.select.registry import SelectContext, register_strategy
+from broaden.select.registry import SelectContext, option_number, register_strategy
 from broaden.select.strategies import batch_probs, random_keys
 from broaden.topk import TopK, merge_top, rank_order
 
@@ -54,14 +54,14 @@ class HWOptions:
     def from_options(cls, options: dict) -> HWOptions:
         def num(name, default, lo=0.0, hi=1.0):
             value = options.get(name)
-            value = default if value is None else _number(name, str(value), float)
+            value = default if value is None else option_number(name, str(value), float)
             if value is not None and not lo <= value <= hi:
                 raise SelectionError(f"hw option {name} must be within {lo:g} … {hi:g}, got {value:g}")
             return value
 
         band = options.get("easy_band") or cls.easy_band
         if isinstance(band, str):
-            band = tuple(_number("easy_band", x, float) for x in band.split(","))
+            band = tuple(option_number("easy_band", x, float) for x in band.split(","))
         if len(band) != 2 or not 0 <= band[0] <= band[1] <= 1:
             raise SelectionError(f"hw option easy_band must be 'lo,hi' with 0 <= lo <= hi <= 1, got {band!r}")
         kind = options.get("uncertainty") or cls.uncertainty
@@ -86,15 +86,8 @@ def _parse_proportions(value) -> np.ndarray | dict | None:
         pairs = [p.split(":") for p in parts]
         if any(len(kv) != 2 for kv in pairs):
             raise SelectionError(f"hw option proportions must look like '0:0.5,3:0.5', got {text!r}")
-        return {_number("proportions", k, int): _number("proportions", v, float) for k, v in pairs}
-    return np.asarray([_number("proportions", x, float) for x in parts])
-
-
-def _number(option: str, text: str, kind: type):
-    try:
-        return kind(text.strip())
-    except ValueError:
-        raise SelectionError(f"hw option {option}: {text.strip()!r} is not {'an integer' if kind is int else 'a number'}") from None
+        return {option_number("proportions", k, int): option_number("proportions", v, float) for k, v in pairs}
+    return np.asarray([option_number("proportions", x, float) for x in parts])
 
 
 def _weights(proportions, num_classes: int) -> np.ndarray:

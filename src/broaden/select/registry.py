@@ -89,6 +89,20 @@ def register_strategy(name: str, fn: StrategyFn, needs_labeled: bool = False,
     return fn
 
 
+def option_number(option: str, value, kind: type = float):
+    """``value`` of strategy option ``option`` as ``kind`` (int or float; text is parsed, an int must be whole),
+    or an error naming the option and the value."""
+    text = value.strip() if isinstance(value, str) else value
+    try:
+        number = kind(text)
+        whole = kind is not int or isinstance(text, str) or number == float(text)
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
+        raise SelectionError(f"option {option}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    return number
+
+
 def check_options(options: dict) -> None:
     """Strategy options are typed: a name no registered strategy or mix reads (a typo such as
     ``easy_shares``) is an error naming it and the accepted ones, never silently ignored."""
