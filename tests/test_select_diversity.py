@@ -355,7 +355,8 @@ def test_bad_options_and_inputs_are_clear_errors(rng):
         with pytest.raises(SelectionError, match=message):
             select(pool, "coreset", 5, **options)
     no_emb = make_scored_table(np.arange(100), rng.dirichlet(np.ones(3), size=100))
-    with pytest.raises(SelectionError, match="needs the pool's embedding column 'embedding'"):
+    with pytest.raises(SelectionError,
+                       match=r"missing column\(s\) 'embedding', which strategy 'diverse\(entropy\)' needs"):
         select(no_emb, "diverse(entropy)", 5)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'.*diverse\\(STRATEGY\\)"):
         select(pool, "diverse(nope)", 5)

@@ -101,12 +101,14 @@ class Pool:
         for v in validators:
             v.finish()
 
-    def require(self, names: Sequence[str], error: type[Exception] = ScoredTableError) -> None:
-        """``error`` naming the pool and the columns among ``names`` that it lacks."""
+    def require(self, names: Sequence[str], error: type[Exception] = ScoredTableError, *,
+                needed_by: str | None = None) -> None:
+        """``error`` naming the pool, the columns among ``names`` that it lacks and who ``needed_by`` them."""
         have = self.names
         missing = [c for c in names if c not in have]
         if missing:
-            raise error(f"{self.name}: missing column(s) {', '.join(map(repr, missing))}; found {', '.join(have)}")
+            who = f", which {needed_by} needs" if needed_by else ""
+            raise error(f"{self.name}: missing column(s) {', '.join(map(repr, missing))}{who}; found {', '.join(have)}")
 
     def stream(self, columns: Sequence[str] | None = None, batch_size: int = BATCH_SIZE) -> Iterator[pa.RecordBatch]:
         """The pool's ``columns`` (every column for None) one record batch at a time, in row order, as read

@@ -104,11 +104,7 @@ class DiversityOptions:
 # ---------------------------------------------------------------------------------- the two passes
 def _require_embedding(pool, ctx: SelectContext, name: str) -> None:
     """Fail before the first pass, not after it, when the pool has no embedding column."""
-    c = ctx.columns
-    source = Pool.of(pool, c)
-    if c.embedding not in source.names:
-        raise SelectionError(f"strategy {name!r} needs the pool's embedding column {c.embedding!r}; "
-                             f"{source.name} has {', '.join(source.names)}")
+    Pool.of(pool, ctx.columns).require([ctx.columns.embedding], SelectionError, needed_by=f"strategy {name!r}")
 
 
 def candidate_embeddings(pool, ids: np.ndarray, ctx: SelectContext, *, probs: bool = False

@@ -99,7 +99,8 @@ def option_number(option: str, value, kind: type = float):
     except (TypeError, ValueError):
         whole = False
     if not whole:
-        raise SelectionError(f"option {option}: {text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        what = "an integer" if kind is int else "a number"
+        raise SelectionError(f"option {option}: {text!r} is not {what}") from None
     return number
 
 
