@@ -101,3 +101,19 @@ def test_a_second_vote_joins_the_first(relabelled):
     labelled = table.column("id").to_pylist()
     assert labelled.count(k) == 1 and len(labelled) == len(set(labelled))  # one labelled item, not two
     assert table.column("round").to_pylist()[labelled.index(k)] == 1  # with the row it was first selected with
+
+
+def test_relabel_rows_take_the_pools_own_column_over_selection_provenance():
+    """A pool column whose name selection's provenance took (``score``) comes back from ``pool_score``."""
+    import pyarrow as pa
+
+    from broaden.rounds.start import _pool_rows
+
+    batch = pa.table({"id": ["a", "b"], "strategy": ["activelab"] * 2, "score": [0.1, 0.2],
+                      "pool_score": [7.0, 8.0], "label": [1, 0], "text": ["x", "y"]})
+    schema = pa.schema([("id", pa.string()), ("score", pa.float64()), ("label", pa.int64()),
+                        ("text", pa.string()), ("extra", pa.int32())])
+    rows = _pool_rows(batch, schema, io.DEFAULT_COLUMNS)
+    assert rows.schema == schema
+    assert rows.to_pydict() == {"id": ["a", "b"], "score": [7.0, 8.0], "label": [None, None], "text": ["x", "y"],
+                                "extra": [None, None]}

@@ -187,7 +187,8 @@ def _pool_rows(batch: pa.Table, schema: pa.Schema, cols: io.Columns) -> pa.Table
     the label left empty (the votes are the labels), columns the batch lacks as nulls."""
     arrays = []
     for f in schema:
-        name = f.name if f.name in batch.column_names else f"pool_{f.name}"
+        # Where selection kept the pool's column as pool_<name>, <name> is selection's provenance.
+        name = f"pool_{f.name}" if f"pool_{f.name}" in batch.column_names else f.name
         if f.name == cols.label or name not in batch.column_names:
             arrays.append(pa.nulls(batch.num_rows, f.type))
         else:
