@@ -138,3 +138,20 @@ def test_label_resolution_is_checked_and_status_shows_annotators(world, capsys):
     assert main(["status", str(ws)]) == 0
     out = capsys.readouterr().out
     assert "annotators by CROWDLAB quality" in out and "guessing" in out and "careful" in out
+
+
+def test_crowdlab_needs_probabilities_only_once_it_applies(world):
+    """A batch without the selecting model's probabilities: one annotator's votes resolve by majority as
+    before CROWDLAB applies; a second annotator makes it apply, and the error names the batch and the item."""
+    from broaden.rounds.workspace import WorkspaceError
+
+    ws, ids = started(world, label_resolution="crowdlab")
+    batch = pq.read_table(ws / "rounds/0001/batch.parquet")
+    pq.write_table(batch.drop_columns(["probs"]), ws / "rounds/0001/batch.parquet")
+    import_votes(ws, world, [(k, "solo", world.oracle[k]) for k in ids[:10]])
+    report = status(ws)
+    assert report["label_resolution"] == "majority" and "one annotator" in report["resolution_note"]
+    assert report["rounds"][0]["labelled"] == 10
+    import_votes(ws, world, [(k, "second", world.oracle[k]) for k in ids[:10]], name="second.csv")
+    with pytest.raises(WorkspaceError, match=r"rounds/0001/batch.parquet has none for '\d+'; use label_resolution"):
+        status(ws)

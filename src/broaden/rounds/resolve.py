@@ -24,6 +24,15 @@ from scipy import stats
 RESOLUTIONS = ("majority", "crowdlab")
 
 
+class MissingProbabilities(ValueError):
+    """CROWDLAB applies, but a voted item has no model probabilities in any round that sent it."""
+
+    def __init__(self, key: str, round: int):
+        super().__init__(f"crowdlab needs the model's probabilities of every voted item; none for item {key!r} "
+                         f"(first sent in round {round})")
+        self.key, self.round = key, round
+
+
 @dataclass(frozen=True)
 class Resolution:
     label: int | None
@@ -111,8 +120,7 @@ def resolve_crowdlab(votes: Iterable, pred_probs: Mapping[tuple[str, int], np.nd
     first = {k: next((rnd for rnd in rounds[k] if (k, rnd) in pred_probs), None) for k in keys}
     missing = [k for k, rnd in first.items() if rnd is None]
     if missing:
-        raise ValueError(f"crowdlab needs the model's probabilities of every voted item; none for item "
-                         f"{missing[0]!r}")
+        raise MissingProbabilities(missing[0], rounds[missing[0]][0])
     from cleanlab.multiannotator import get_label_quality_multiannotator
 
     probs = np.stack([np.asarray(pred_probs[(k, first[k])], dtype=np.float64) for k in keys])

@@ -33,7 +33,7 @@ from broaden.errors import BroadenError, ScoredTableError
 from broaden.rounds.config import ConfigError, WorkspaceConfig, dump_config, load_config
 from broaden.rounds.formats import data_fields, write_batch_exports
 from broaden.rounds.ledger import Ledger, now
-from broaden.rounds.resolve import Consensus, resolve_crowdlab, resolve_votes
+from broaden.rounds.resolve import Consensus, MissingProbabilities, resolve_crowdlab, resolve_votes
 from broaden.rounds.schema import LedgerError
 
 CONFIG_FILE = "config.yaml"
@@ -225,13 +225,12 @@ class Workspace:
         votes = ledger.votes()
         if self.config.label_resolution != "crowdlab":
             return Consensus("majority", resolve_votes(votes))
-        probs = self.selection_probs({int(v["round"]) for v in votes})
-        missing = sorted({(v["item_key"], int(v["round"])) for v in votes} - set(probs))
-        if missing:
-            key, rnd = missing[0]
+        try:  # before CROWDLAB applies (one annotator, single votes) it is the majority vote, probabilities or not
+            return resolve_crowdlab(votes, self.selection_probs({int(v["round"]) for v in votes}))
+        except MissingProbabilities as exc:
             raise WorkspaceError(f"label_resolution crowdlab needs the model's probabilities of every voted item; "
-                                 f"{self.batch_path(rnd)} has none for {key!r}; use label_resolution majority")
-        return resolve_crowdlab(votes, probs)
+                                 f"{self.batch_path(exc.round)} has none for {exc.key!r}; use label_resolution "
+                                 f"majority") from None
 
     def selection_probs(self, rounds) -> dict[tuple[str, int], np.ndarray]:
         """{(item_key, round): the probabilities the item was selected with} for the items of ``rounds``."""
