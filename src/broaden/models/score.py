@@ -70,9 +70,9 @@ class BatchScorer:
     could not be scored (its outputs are then null)."""
 
     def __init__(self, model, whisper_path, audio_cache, columns, base_dir, device, *, loaded=None,
-                 mc_dropout: int = 0, seed: int = 0, calibrate: bool = True):
+                 mc_dropout: int = 0, seed: int = 0, temperature: float | None = None):
         loaded = loaded or load_model(model, device=device, whisper_path=whisper_path)
-        self.temperature = model_temperature(loaded.path) if calibrate else None
+        self.temperature = temperature  # read once by score(), not again in every engine worker
         self.device, self.model = device, loaded.model
         self.mc_dropout, self.seed = mc_dropout, seed
         self.item_cols, self.out_cols = _score_columns(loaded, columns)
@@ -172,7 +172,7 @@ def score(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
         local = runner.name == "local"
         make = functools.partial(BatchScorer, str(model), whisper_path, audio_cache, columns, items_base_dir(data),
                                  loaded=loaded if local else None, mc_dropout=mc_dropout, seed=seed,
-                                 calibrate=calibrate)
+                                 temperature=temperature)
         failures: list[dict] = []
         offset = n_scored = 0
         with ParquetStreamWriter(out, out_schema) as writer, \
