@@ -48,7 +48,8 @@ def test_no_validation_split_means_no_temperature(files, tmp_path, capsys):  # n
     assert "uncalibrated" in capsys.readouterr().err
 
 
-def test_config_run_fits_on_its_eval_split_and_score_applies_it(tmp_path):
+@pytest.mark.parametrize("resumed", [False, True])
+def test_config_run_fits_on_its_eval_split_and_score_applies_it(tmp_path, resumed):
     from broaden.models.config import run_config_from_dict
     from broaden.models.score import score
     from broaden.models.testing import tiny_hf_encoder, tone_items

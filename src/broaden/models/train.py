@@ -128,6 +128,9 @@ class _Trainer:
         self.cfg = cfg
         self.show_progress = show_progress
         self.out = Path(cfg.out)
+        # (labels, logits) of the eval split: the latest epoch's, and the saved (best) model's
+        self._last_eval: tuple[np.ndarray, np.ndarray] | None = None
+        self._best_eval: tuple[np.ndarray, np.ndarray] | None = None
         t = cfg.train
         self.device = torch.device(t.device)
         torch.manual_seed(t.seed)
@@ -269,7 +272,8 @@ class _Trainer:
     def evaluate(self) -> dict:
         if self.eval_table is None:
             return {}
-        labels, probs, _ = self._eval_outputs()
+        labels, probs, logits = self._eval_outputs()
+        self._last_eval = labels, logits
         return eval_metrics(labels, probs)
 
     def calibrate(self) -> dict | None:
@@ -283,9 +287,11 @@ class _Trainer:
         folder = existing_dir(self.out / "model")
         if self.eval_table is None or folder is None:
             return None
-        # The best epoch's weights, not the last one's (external audio weights are not in the file).
-        self.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
-        labels, _, logits = self._eval_outputs()
+        if self._best_eval is not None:
+            labels, logits = self._best_eval
+        else:  # the best epoch ran before a resume: reload its weights (external audio weights are not in them)
+            self.model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=False)
+            labels, _, logits = self._eval_outputs()
         return fit_calibration(folder, logits, labels, fitted_on="eval split")
 
     def step(self, rows: np.ndarray) -> float:
@@ -337,6 +343,7 @@ class _Trainer:
             state["history"].append(entry)
             if improved:
                 state["best"], state["best_epoch"], state["bad_epochs"] = value, epoch + 1, 0
+                self._best_eval = self._last_eval  # the saved model's eval outputs, for calibrate()
                 save_model(self.model, self.tokenizer, self.cfg.columns, self.out / "model")
             else:
                 state["bad_epochs"] += 1
