@@ -62,7 +62,9 @@ def test_config_run_fits_on_its_eval_split_and_score_applies_it(tmp_path, resume
         "out": str(tmp_path / "run"), "data": {"train": str(items), "text_fields": ["title"]},
         "model": dict(backbone="hf-text", hf_path=str(tmp_path / "bert"), num_frames=2, frame_channels=1,
                       frame_size=[8, 8], patch_size=None, mlp_hidden=16),
-        "train": dict(epochs=2, lr=1e-3, eval_fraction=0.3, num_threads=1, seed=3)})
+        "train": dict(epochs=2, lr=1e-3, eval_fraction=0.3, num_threads=1, seed=3, batch_size=8)})
+    if resumed:  # stop in epoch 2 (4 steps an epoch) and resume: the best model may predate this process
+        assert train(cfg, show_progress=False, max_steps=5).stop_reason == "max_steps"
     result = train(cfg, show_progress=False)
     t = result.calibration["temperature"]
     assert json.loads((tmp_path / "run/model" / CALIBRATION_FILE).read_text())["temperature"] == t
