@@ -46,6 +46,16 @@ def test_the_rule_fires_exactly_after_three_consecutive_rounds_at_or_above_the_t
     assert stable_predictions([0.999, 0.98, 0.999, 0.999, 0.999]) == [False, False, False, False, True]
 
 
+def test_the_reading_counts_the_run_the_rule_counts():
+    """The printed run of rounds at κ ≥ 0.99 is the one the stability rule counts: a change or an empty
+    stop set (no κ) starts it again."""
+    p, q = [0, 1, 0, 1], [1, 1, 0, 1]
+    signals = stopping_signals([1, 2, 3, 4, 5, 6], [p, p, q, q, [], q], [None] * 6, [(0, 0)] * 6)
+    assert not any(s.stable for s in signals)
+    assert ["so far" in s.reading for s in signals] == [False, True, True, True, False, False]
+    assert [s.reading.split(" so far")[0][-1] for s in signals[1:4]] == ["1", "0", "1"]
+
+
 def test_falling_yield():
     assert falling_yield([0.5, 0.4, 0.4, 0.2]) == [False, False, True, True]
     assert falling_yield([0.3, 0.3, 0.3]) == [False, False, False]  # flat is not falling

@@ -18,7 +18,7 @@ import json
 from collections import defaultdict
 
 from broaden.rounds.resolve import beta_yield
-from broaden.rounds.stopping import round_tallies, workspace_signals
+from broaden.rounds.stopping import workspace_signals
 from broaden.rounds.workspace import Workspace
 
 EVAL_KEYS = ("auc", "f1", "accuracy", "macro_f1", "multiclass_loss", "max_beta_variance")
@@ -102,13 +102,14 @@ def status(ws: Workspace, *, level: float = 0.9) -> dict:
             pending, tied = open_items(by_open[r["round"]], resolved, ws.config.class_names)
             table[-1] |= {"pending_items": pending, "tied_items": tied}
     overall: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    round_total: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     by_round: dict[int, dict[str, dict]] = defaultdict(dict)
     for (rnd, name), (n, bad) in sorted(tally.items()):
-        overall[name][0] += n
-        overall[name][1] += bad
+        for total in (overall[name], round_total[rnd]):
+            total[0] += n
+            total[1] += bad
         by_round[rnd][name] = beta_yield(bad, n, level).to_dict()
-    labels = {key: res.label for key, res in resolved.items() if res.label is not None}
-    stopping = workspace_signals(rounds, round_tallies(items, labels))
+    stopping = workspace_signals(rounds, {rnd: (n, bad) for rnd, (n, bad) in round_total.items()})
     return {
         "workspace": str(ws.path), "level": level, "rounds": table,
         "strategies": {name: beta_yield(bad, n, level).to_dict() for name, (n, bad) in sorted(overall.items())},

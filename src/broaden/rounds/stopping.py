@@ -47,15 +47,21 @@ def consecutive_kappas(predictions: Sequence[Sequence[int] | None],
     return out
 
 
+def kappa_runs(kappas: Sequence[float | None], *, threshold: float = KAPPA_THRESHOLD) -> list[int]:
+    """At position i, how many consecutive κ up to and including i are ≥ ``threshold`` (a missing or NaN κ
+    breaks the run)."""
+    out, run = [], 0
+    for k in kappas:
+        run = run + 1 if k is not None and math.isfinite(k) and k >= threshold else 0
+        out.append(run)
+    return out
+
+
 def stable_predictions(kappas: Sequence[float | None], *, threshold: float = KAPPA_THRESHOLD,
                        rounds: int = STABLE_ROUNDS) -> list[bool]:
     """True at position i when κ ≥ ``threshold`` at i and at the ``rounds`` − 1 positions before it (a missing
     κ breaks the run)."""
-    out, run = [], 0
-    for k in kappas:
-        run = run + 1 if k is not None and math.isfinite(k) and k >= threshold else 0
-        out.append(run >= rounds)
-    return out
+    return [run >= rounds for run in kappa_runs(kappas, threshold=threshold)]
 
 
 def falling_yield(yields: Sequence[float | None], *, rounds: int = STABLE_ROUNDS) -> list[bool]:
@@ -101,7 +107,7 @@ def stopping_signals(rounds: Sequence[int], predictions: Sequence[Sequence[int] 
     if not len(rounds) == len(predictions) == len(max_beta_variances) == len(tallies):
         raise ValueError("rounds, predictions, max_beta_variances and tallies must have one entry per round")
     kappas = consecutive_kappas(predictions, stop_sets)
-    stable = stable_predictions(kappas, threshold=kappa_threshold, rounds=stable_rounds)
+    runs = kappa_runs(kappas, threshold=kappa_threshold)
     yields = [bad / n if n else None for n, bad in tallies]
     falling = falling_yield(yields, rounds=stable_rounds)
     out = []
@@ -109,17 +115,17 @@ def stopping_signals(rounds: Sequence[int], predictions: Sequence[Sequence[int] 
         var = max_beta_variances[i]
         var = None if var is None or not math.isfinite(var) else float(var)
         certain = var is not None and var < variance_threshold
-        advice, reading = _reading(rounds[:i + 1], kappas[:i + 1], stable[i], var, certain, yields[:i + 1],
+        stable = runs[i] >= stable_rounds
+        advice, reading = _reading(rounds[:i + 1], kappas[i], runs[i], stable, var, certain, yields[:i + 1],
                                    falling[i], kappa_threshold, stable_rounds, variance_threshold,
                                    has_predictions=predictions[i] is not None)
-        out.append(StoppingSignal(int(rnd), kappas[i], stable[i], var, certain, int(tallies[i][0]),
+        out.append(StoppingSignal(int(rnd), kappas[i], stable, var, certain, int(tallies[i][0]),
                                   int(tallies[i][1]), yields[i], falling[i], advice, reading))
     return out
 
 
-def _reading(rounds, kappas, stable, var, certain, yields, falling, kappa_threshold, stable_rounds,
+def _reading(rounds, k, run, stable, var, certain, yields, falling, kappa_threshold, stable_rounds,
              variance_threshold, *, has_predictions: bool) -> tuple[str, str]:
-    k = kappas[-1]
     if stable:
         head = (f"predictions are stable (κ ≥ {kappa_threshold:g} vs the previous round for {stable_rounds} "
                 "rounds)")
@@ -128,11 +134,6 @@ def _reading(rounds, kappas, stable, var, certain, yields, falling, kappa_thresh
     elif k is None:
         head = "the first round with stop-set predictions: stability needs the next rounds to compare with"
     else:
-        run = 0
-        for x in reversed(kappas):
-            if x is None or x < kappa_threshold:
-                break
-            run += 1
         head = (f"predictions still change (κ = {k:.3f} vs round {rounds[-2]}; stable needs ≥ {kappa_threshold:g} "
                 f"for {stable_rounds} rounds, {run} so far)")
     parts = [head]
