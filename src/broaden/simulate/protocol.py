@@ -287,7 +287,8 @@ class RepeatRun:
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = "auto", {**self._lsb_mix(spec)[1], "auto_history": self.auto_history[spec.name]}
         elif spec.kind == "activelab":
-            pool, mix = self._activelab_pool(snap), "activelab"
+            cand, cand_probs = self._activelab_candidates(snap)
+            pool, mix = make_scored_table(cand, cand_probs), "activelab"
             votes = self.votes[spec.name]
             # Relabel or label new: every labelled item is a candidate, save those every annotator has labelled.
             options, exclude = {"annotations": votes.table(snap.labeled, self.given)}, votes.full(snap.labeled)
@@ -305,9 +306,8 @@ class RepeatRun:
             lsb_report = LSBReport.of(reports.get(name), threshold=options["lookalike_threshold"],
                                       n_selected=int((strategy == name).sum()), picked=rows[strategy == name])
         if spec.kind == "activelab":  # a pick may be a labelled item: its probabilities are the K-fold ones
-            cand = np.concatenate([snap.pool, snap.labeled])
             order = np.argsort(cand)
-            probs = np.vstack([snap.pool_probs, snap.labeled_oof_probs])[order[np.searchsorted(cand[order], rows)]]
+            probs = cand_probs[order[np.searchsorted(cand[order], rows)]]
             relabel = np.asarray(table.column("relabel").to_pylist(), dtype=bool)
         else:
             probs = snap.pool_probs[np.searchsorted(snap.pool, rows)]  # the pool is sorted: row -> position
@@ -319,11 +319,11 @@ class RepeatRun:
                          probs=probs, provenance=prov, lsb=lsb_report, relabel=relabel)
 
     @staticmethod
-    def _activelab_pool(snap: Snapshot) -> pa.Table:
-        """The pool plus every labelled item, the latter scored out-of-sample (K-fold on the group's consensus
-        labels), as ActiveLab wants the probabilities of labelled items."""
-        rows = np.concatenate([snap.pool, snap.labeled]).astype(np.int64)
-        return make_scored_table(rows, np.vstack([snap.pool_probs, snap.labeled_oof_probs]))
+    def _activelab_candidates(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, probabilities) of the pool plus every labelled item, the latter scored out-of-sample (K-fold
+        on the group's consensus labels), as ActiveLab wants the probabilities of labelled items."""
+        return (np.concatenate([snap.pool, snap.labeled]).astype(np.int64),
+                np.vstack([snap.pool_probs, snap.labeled_oof_probs]))
 
     def _vote(self, spec: GroupSpec, sel: Selection) -> np.ndarray:
         """A relabelling group's picks each get one vote, from the next annotator in the item's order."""
