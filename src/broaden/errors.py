@@ -63,7 +63,7 @@ _ELSEWHERE = {
     "ModelPathError": "broaden.models.text", "FrameError": "broaden.models.visual", "ItemError": "broaden.models.train",
     "LabelStudioError": "broaden.rounds.labelstudio", "ImportRejected": "broaden.rounds.annotate",
     "LedgerError": "broaden.rounds.schema", "WorkspaceError": "broaden.rounds.workspace",
-    "EvaluationLeakError": "broaden.rounds.workspace",
+    "EvaluationLeakError": "broaden.rounds.workspace", "MissingProbabilities": "broaden.rounds.resolve",
 }
 
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from broaden.errors import BroadenError
+
 RESOLUTIONS = ("majority", "crowdlab")
 
 
-class MissingProbabilities(ValueError):
+class MissingProbabilities(BroadenError, ValueError):
     """CROWDLAB applies, but a voted item has no model probabilities in any round that sent it."""
 
     def __init__(self, key: str, round: int):
