@@ -176,19 +176,28 @@ def test_auto_arms_choose_what_competes(rng):
         select(pool, "auto", 10, auto_arms="stat,lsb-lt")
 
 
-def test_simulation_auto_group_records_allocations(tmp_path):
+@pytest.mark.parametrize("floor", [None, 0.3])
+def test_simulation_auto_group_records_allocations(tmp_path, floor):
     from broaden.simulate import simulate
+    from broaden.simulate.runner import SimulationError
     from tests.test_scenarios import CLF, planted
 
     data = planted()
     res = simulate(data, out=tmp_path, budget=60, initial=300, rounds=3, repeats=1, k=5, classifier=CLF,
                    scenario="drift", subpop="column:group=g3", relabel_to=0, recent=150, recent_subpop=12,
                    groups=["Stat-AL", "Auto"], lookalike_threshold=0.3, validation=200, print_results=False,
-                   show_progress=False)
+                   show_progress=False, auto_floor=floor)
     rec = json.loads((tmp_path / "repeats" / "repeat-000.json").read_text())
+    least = 0.05 if floor is None else floor
     for rnd in rec["rounds"]:
         auto = rnd["groups"]["Auto"]["auto"]
-        assert sum(auto["shares"].values()) == pytest.approx(1) and min(auto["shares"].values()) >= 0.05 - 1e-9
+        assert sum(auto["shares"].values()) == pytest.approx(1) and min(auto["shares"].values()) >= least - 1e-9
+    # the default floor stays out of config.json, so runs from before the setting keep their hash
+    assert json.loads((tmp_path / "config.json").read_text()).get("auto_floor") == floor
+    if floor is not None:
+        assert max(auto["shares"].values()) <= 1 - floor + 1e-9
+        with pytest.raises(SimulationError, match="auto_floor must be within 0 … 1"):
+            simulate(data, out=tmp_path / "bad", groups=["Auto"], auto_floor=1.5, print_results=False)
         assert set(auto["values"]) <= {"stat", "lsb-lt"}
     assert rec["diagnosis"]["verdict"] in ("cluster", "mixed", "isolated", "too-few")
     assert [e["round"] for e in res["auto"]["Auto"]] == [1, 2, 3]

@@ -85,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--recent-subpop", type=int, default=0, metavar="N", help="items of S in the recent batch")
     p.add_argument("--validation", type=int, default=500, metavar="N",
                    help="Auto group only: labelled pool items held out to measure each strategy's value on (%(default)s)")
+    p.add_argument("--auto-floor", type=float, default=None, metavar="SHARE",
+                   help="Auto group only: each arm's least share of a round's budget (default: the allocation's, 0.05)")
     p.add_argument("--groups", default=None,
                    help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
@@ -137,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, index=args.index, show_progress=not args.quiet, scenario=args.scenario,
         subpop=args.subpop, relabel_to=args.relabel_to, recent=args.recent, recent_subpop=args.recent_subpop,
         lsb_fill=args.lsb_fill, validation=args.validation, annotators=args.annotators,
+        auto_floor=args.auto_floor,
         classifier={"hidden": (args.hidden,),
                     "class_weight": None if args.class_weight == "none" else args.class_weight},
     )

@@ -68,6 +68,7 @@ class SimConfig:
     validation: int = 500             # Auto only: pool items held out (labelled) to measure strategy values on
     auto_metric: str = "log_loss"     # Auto only: what a strategy's value is measured in (broaden.auto.value)
     auto_draws: int = 2               # Auto only: leave-n-out subsets per arm and round
+    auto_floor: float | None = None   # Auto only: each arm's least share (None: the allocation's default, 0.05)
     annotators: int = 1               # simulated annotators; > 1 lets ActiveLab relabel (left out of config.json at 1)
 
     def to_dict(self) -> dict:
@@ -286,6 +287,8 @@ class RepeatRun:
         elif spec.kind == "auto":
             pool, labeled = snap.pool_table(latent=spec.latent), snap.labeled_table(spec.latent)
             mix, options = "auto", {**self._lsb_mix(spec)[1], "auto_history": self.auto_history[spec.name]}
+            if self.cfg.auto_floor is not None:
+                options["auto_floor"] = self.cfg.auto_floor
         elif spec.kind == "activelab":
             cand, cand_probs = self._activelab_candidates(snap)
             pool, mix = make_scored_table(cand, cand_probs), "activelab"

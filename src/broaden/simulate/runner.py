@@ -152,6 +152,7 @@ def simulate(
     lsb_fill: bool = False,
     validation: int = 500,
     annotators: int = 1,
+    auto_floor: float | None = None,
     print_results: bool = True,
     show_progress: bool = True,
 ) -> dict:
@@ -166,6 +167,7 @@ def simulate(
     group measures strategy values on ``validation`` labelled pool items that no group selects.
     ``annotators`` > 1 simulates that many independent noisy annotators (:mod:`broaden.simulate.annotators`):
     every group receives one vote per item, the ``ActiveLab`` group may ask for more (relabel or label new).
+    ``auto_floor`` sets the ``Auto`` group's least share per arm (None: the allocation's default, docs/auto.md).
     """
     from rich.console import Console
 
@@ -176,6 +178,8 @@ def simulate(
                         ("annotators", annotators)):
         if value < 1:
             raise SimulationError(f"{name} must be >= 1, got {value}")
+    if auto_floor is not None and not 0 <= auto_floor <= 1:
+        raise SimulationError(f"auto_floor must be within 0 … 1 (a share of the budget per arm), got {auto_floor}")
     if pool_size is not None and pool_size < budget * rounds:
         # Checked here, not by the first selection that runs dry: that would come after the folder is
         # written and, with several rounds, after whole rounds of work.
@@ -221,11 +225,13 @@ def simulate(
                     label_noise=label_noise, confusion=None if matrix is None or label_noise else matrix.tolist(),
                     seeds=max_seeds, seed_threshold=seed_threshold, k=k, lookalike_threshold=lookalike_threshold,
                     index=index, pool_size=pool_size, classifier=dict(classifier or {}), lsb_fill=lsb_fill,
-                    validation=validation, annotators=annotators)
+                    validation=validation, annotators=annotators, auto_floor=auto_floor)
     config = {
         "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,
-        **{k: v for k, v in cfg.to_dict().items() if k != "annotators" or annotators > 1},  # 1: hash as before
+        # Settings at their old defaults stay out, so runs from before they existed keep their hash.
+        **{k: v for k, v in cfg.to_dict().items()
+           if not (k == "annotators" and annotators == 1 or k == "auto_floor" and auto_floor is None)},
         "latent": latent, "denoise": denoise,
         "groups": [g.name for g in group_specs], "group_specs": {g.name: vars(g) for g in group_specs},
         "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
