@@ -2,7 +2,8 @@
 # Where broadening pays off (issue 18, DESIGN §3a): drift and blind-spot scenarios next to i.i.d. data, with
 # the fair control (Stat-AL on the snapshot refit with the recent batch), K = 8 paired repeats.
 # Usage: benchmarks/run_scenarios.sh [OUT_ROOT] [DATASET ...]   (datasets: clickbait ag_news mnist)
-# SCENARIOS="drift blindspot iid" (the default) picks the scenarios run for each dataset.
+# SCENARIOS="drift blindspot iid" (the default) picks the scenarios run for each dataset; EXTRA_ARGS are
+# added to every simulate call (e.g. EXTRA_ARGS="--auto-floor 0.02").
 # Each run holds $LOCK (default /tmp/broaden-heavy.lock) and is resumable (finished repeats are reused).
 # The --strategy auto benchmark (issue 20) is the same runs over 4 rounds with the Auto group:
 #   ROUNDS=4 GROUPS_ARG="Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5,Auto (refit)" \
@@ -27,6 +28,8 @@ ROUNDS=${ROUNDS:-1}
 GROUPS_ARG=${GROUPS_ARG:-"Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"}
 COMMON=(--budget 500 --initial 1000 --recent 300 --k 10 --lookalike-threshold 0.5 --lsb-fill
         --rounds "$ROUNDS" --repeats "$REPEATS" --groups "$GROUPS_ARG")
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+COMMON+=("${EXTRA[@]}")
 
 sim() {  # sim NAME ARGS... : one timed, locked, resumable run into OUT_ROOT/NAME
   local name=$1; shift
