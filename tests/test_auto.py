@@ -201,3 +201,21 @@ def test_simulation_auto_group_records_allocations(tmp_path, floor):
         assert set(auto["values"]) <= {"stat", "lsb-lt"}
     assert rec["diagnosis"]["verdict"] in ("cluster", "mixed", "isolated", "too-few")
     assert [e["round"] for e in res["auto"]["Auto"]] == [1, 2, 3]
+
+
+def test_select_cli_auto_floor_is_the_api_option(rng, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.test_lsb import world
+
+    labeled, pool = world(rng)
+    write_table(pool, tmp_path / "pool.parquet")
+    write_table(labeled, tmp_path / "lab.parquet")
+    api, rep = select(pool, "auto", 40, labeled=labeled, seed_threshold=0.4, index="flat", auto_floor=0.4,
+                      return_details=True)
+    assert min(rep["auto"]["allocation"].shares.values()) >= 0.4 - 1e-12
+    assert main(["select", str(tmp_path / "pool.parquet"), "--strategy", "auto", "--budget", "40", "--labeled",
+                 str(tmp_path / "lab.parquet"), "--seed-threshold", "0.4", "--index", "flat", "--auto-floor", "0.4",
+                 "--out", str(tmp_path / "out.parquet")]) == 0
+    cli = pq.read_table(tmp_path / "out.parquet")
+    assert cli.column("id").to_pylist() == api.column("id").to_pylist()
