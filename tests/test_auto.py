@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from broaden.auto import allocate, diagnose, strategy_values
-from broaden.auto.allocation import arm_of
+from broaden.auto.allocation import FLOOR, arm_of
 from broaden.cli import main
 from broaden.io import make_scored_table, write_table
 from broaden.select import select
@@ -128,7 +128,7 @@ def test_allocation_follows_the_planted_value_and_keeps_its_floor():
             shares.append(allocate(["stat", "lsb-lt"], verdict=verdict, history=hist, seed=s).shares["lsb-lt"])
         return np.mean(shares)
 
-    assert noise_only("isolated") == pytest.approx(0.05)
+    assert noise_only("isolated") == pytest.approx(FLOOR)
     assert abs(noise_only("mixed") - 0.2) < 0.05
     # Decay: an old advantage fades when the latest rounds say otherwise.
     late = [{"stat": 1e-4, "lsb-lt": 9e-4}] + [{"stat": 3e-4, "lsb-lt": 1e-4}] * 3
@@ -161,9 +161,9 @@ def test_auto_arms_choose_what_competes(rng):
     out, reports = select(pool, "auto", 40, labeled=labeled, auto_arms="stat,diverse", return_details=True)
     alloc = reports["auto"]["allocation"]
     # No history and no diagnostic for it: the diverse arm (diverse(entropy)) starts at the floor.
-    assert alloc.shares == pytest.approx({"stat": 0.95, "diverse": 0.05})
+    assert alloc.shares == pytest.approx({"stat": 1 - FLOOR, "diverse": FLOOR})
     strategies = out.column("strategy").to_pylist()
-    assert strategies.count("diverse(entropy)") == 2 and len(set(out.column("id").to_pylist())) == 40
+    assert strategies.count("diverse(entropy)") == round(40 * FLOOR) and len(set(out.column("id").to_pylist())) == 40
     assert {arm_of(s) for s in strategies} == {"stat", "diverse"}
     history = [{"stat": {"value": 1e-4, "se": 1e-5}, "diverse": {"value": 6e-4, "se": 1e-5}}]
     later = select(pool, "auto", 40, labeled=labeled, auto_arms=["stat", "diverse"], auto_history=history,
@@ -188,7 +188,7 @@ def test_simulation_auto_group_records_allocations(tmp_path, floor):
                    groups=["Stat-AL", "Auto"], lookalike_threshold=0.3, validation=200, print_results=False,
                    show_progress=False, auto_floor=floor)
     rec = json.loads((tmp_path / "repeats" / "repeat-000.json").read_text())
-    least = 0.05 if floor is None else floor
+    least = FLOOR if floor is None else floor
     for rnd in rec["rounds"]:
         auto = rnd["groups"]["Auto"]["auto"]
         assert sum(auto["shares"].values()) == pytest.approx(1) and min(auto["shares"].values()) >= least - 1e-9

@@ -9,7 +9,7 @@ import pytest
 
 from broaden import io
 from broaden.auto import strategy_values
-from broaden.auto.allocation import arm_of
+from broaden.auto.allocation import FLOOR, arm_of
 from broaden.cli import main
 from broaden.rounds import Workspace, round_finish, round_import, round_start, status
 from tests.test_rounds import fill_csv, make_world, new_workspace
@@ -20,7 +20,7 @@ def test_auto_rounds_record_values_and_follow_them(tmp_path, capsys):
     ws = new_workspace(world, strategy="auto", discrepancy="nominal", lookalike_threshold=0.3, seed_threshold=0.4)
     r1 = round_start(ws, world.pool1)
     assert r1.allocation is not None and set(r1.allocation["shares"]) == {"stat", "lsb-lt"}
-    assert r1.allocation["shares"]["lsb-lt"] >= 0.05 - 1e-9
+    assert r1.allocation["shares"]["lsb-lt"] >= FLOOR - 1e-9
     assert set(r1.by_strategy) <= {"least_confident", "margin", "entropy", "lsb-lt"}
     on_disk = json.loads((ws / "rounds/0001/allocation.json").read_text())
     assert on_disk["shares"] == r1.allocation["shares"] and on_disk["diagnosis"]["verdict"]

@@ -34,7 +34,7 @@ ARMS = ("stat", "lsb-lt", "qbc", "hw", "diverse")
 STAT_MIX = ("least_confident", "margin", "entropy")
 #: The ``broaden select`` strategy of each arm but ``stat`` (which is :data:`STAT_MIX`).
 ARM_STRATEGY = {"lsb-lt": "lsb-lt", "qbc": "qbc", "hw": "hw", "diverse": "diverse(entropy)"}
-FLOOR = 0.05         # every arm keeps learning; in i.i.d. data even 10 % LSB-LT cost accuracy (BENCHMARKS.md)
+FLOOR = 0.02         # every arm keeps learning; in i.i.d. data a 0.05 floor of LSB-LT cost 0.001 accuracy (BENCHMARKS.md)
 PRIOR_WEIGHT = 2.0   # the diagnostic weighs as much as two rounds of measured values
 START_LSB_SHARE = {"cluster": 0.5, "mixed": 0.2, "too-few": 0.2, "isolated": 0.0}
 DEFAULT_ARM = "stat"  # what keeps the budget while the measurements cannot tell the arms apart

@@ -3,7 +3,7 @@
 Options (keyword arguments of ``broaden.select.select``): ``auto_history`` (per past round, oldest first,
 ``{arm: value per item}``, as ``round finish`` records them), ``auto_recent`` (ids of the latest labelled
 partition, for the diagnostic), ``auto_arms`` (which arms compete; default: ``stat``, ``lsb-lt`` when a labelled
-set is given, ``qbc`` when committee columns are), ``auto_floor`` (0.05), ``auto_decay`` (0.5), ``auto_prior_weight`` (2: the diagnostic
+set is given, ``qbc`` when committee columns are), ``auto_floor`` (0.02), ``auto_decay`` (0.5), ``auto_prior_weight`` (2: the diagnostic
 weighs as much as two rounds of measured values); ``seed_threshold`` and
 ``discrepancy`` are shared with LSB. The report (``select(..., return_details=True)["auto"]``) holds the
 allocation, its reasons and the diagnosis.

@@ -31,7 +31,7 @@ OPTIONS = {
     "--auto-arms": ("auto_arms", str, "auto: the arms that compete, comma-separated from stat, lsb-lt, qbc, hw, "
                     "diverse (default: stat, lsb-lt with --labeled, qbc with --committee-cols)"),
     "--auto-floor": ("auto_floor", float, "auto: each arm's least share of the budget, so every arm's value keeps "
-                     "being measured (0.05)"),
+                     "being measured (0.02)"),
     "--max-seeds": ("max_seeds", int, "lsb: at most this many seed bad cases (1000; --seeds is the old name)"),
     "--seed-threshold": ("seed_threshold", float, "lsb: T1, seeds have discrepancy d > T1 (0.5)"),
     "--discrepancy": ("discrepancy", str, "lsb: ordinal |y-E[x]|/(C-1) (default) or nominal 1-p_y"),

@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--validation", type=int, default=500, metavar="N",
                    help="Auto group only: labelled pool items held out to measure each strategy's value on (%(default)s)")
     p.add_argument("--auto-floor", type=float, default=None, metavar="SHARE",
-                   help="Auto group only: each arm's least share of a round's budget (default: the allocation's, 0.05)")
+                   help="Auto group only: each arm's least share of a round's budget (default: the allocation's, 0.02)")
     p.add_argument("--groups", default=None,
                    help="comma list of groups (default: Random,Stat-AL,Stat-AL+LSB,Stat-AL+LSB-LT,HW,QBC); "
                    "'NAME (refit)' selects with the snapshot refit on the recent batch (the fair control, e.g. "
