@@ -24,6 +24,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 LOCK=${LOCK:-/tmp/broaden-heavy.lock}  # another lock file lets two runs share a machine with free cores
 REPEATS=${REPEATS:-8}
 SCENARIOS=${SCENARIOS:-drift blindspot iid}
+for sc in $SCENARIOS; do  # a typo fails before the first run, not after hours of them
+  case $sc in drift|blindspot|iid) ;; *) echo "unknown scenario $sc (drift blindspot iid)" >&2; exit 2 ;; esac
+done
 ROUNDS=${ROUNDS:-1}
 GROUPS_ARG=${GROUPS_ARG:-"Random,Stat-AL,Stat-AL (refit),Stat-AL+LSB-LT,Stat-AL+LSB-LT@0.5"}
 COMMON=(--budget 500 --initial 1000 --recent 300 --k 10 --lookalike-threshold 0.5 --lsb-fill
@@ -55,7 +58,6 @@ for ds in "${DATASETS[@]}"; do
       drift) sim "$ds-drift" "${S[@]}" --scenario drift --relabel-to "$DRIFT_TO" --recent-subpop 20 ;;
       blindspot) sim "$ds-blindspot" "${S[@]}" --scenario blindspot --recent-subpop 20 ;;
       iid) sim "$ds-iid" "${DATA[@]}" --scenario iid ;;
-      *) echo "unknown scenario $sc (drift blindspot iid)" >&2; exit 2 ;;
     esac
   done
 done

@@ -68,11 +68,17 @@ class SimConfig:
     validation: int = 500             # Auto only: pool items held out (labelled) to measure strategy values on
     auto_metric: str = "log_loss"     # Auto only: what a strategy's value is measured in (broaden.auto.value)
     auto_draws: int = 2               # Auto only: leave-n-out subsets per arm and round
-    auto_floor: float | None = None   # Auto only: each arm's least share (None: the allocation's default, 0.05)
-    annotators: int = 1               # simulated annotators; > 1 lets ActiveLab relabel (left out of config.json at 1)
+    auto_floor: float | None = None   # Auto only: each arm's least share (None: the allocation's default)
+    annotators: int = 1               # simulated annotators; > 1 lets ActiveLab relabel
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings config.json records: those added after runs existed only when they differ from the
+        value that stands for their absence, so those runs keep their configuration hash."""
+        return {k: v for k, v in asdict(self).items() if not (k in _LATE_SETTINGS and v == _LATE_SETTINGS[k])}
+
+
+#: Settings added after runs existed → the value that means "as before" (left out of config.json).
+_LATE_SETTINGS = {"annotators": 1, "auto_floor": None}
 
 
 def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:

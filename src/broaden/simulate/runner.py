@@ -229,9 +229,7 @@ def simulate(
     config = {
         "format_version": FORMAT_VERSION, "dataset": data.name, "num_classes": data.num_classes,
         "class_names": list(data.class_names), "task": data.task, "discrepancy": data.discrepancy,
-        # Settings at their old defaults stay out, so runs from before they existed keep their hash.
-        **{k: v for k, v in cfg.to_dict().items()
-           if not (k == "annotators" and annotators == 1 or k == "auto_floor" and auto_floor is None)},
+        **cfg.to_dict(),
         "latent": latent, "denoise": denoise,
         "groups": [g.name for g in group_specs], "group_specs": {g.name: vars(g) for g in group_specs},
         "features": data.feature_info, "max_items": max_items, "n_items": int(len(data.ids)),
